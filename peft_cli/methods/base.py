@@ -1,0 +1,97 @@
+"""The Method protocol: what every fine-tuning method tells the harness.
+
+A method is one file in this package (a config dataclass + a `Method` subclass) and one line in
+`methods/__init__.py`. The harness owns everything that is common to all methods:
+
+* the task head (`classifier.*`) is always trainable, always stored, and counted apart, so a
+  method never touches it;
+* `params.trainable` = parameters with `requires_grad` after `prepare`, head excluded;
+* `params.stored`    = floating-point elements of `artifact()` (integer index tensors that a
+  method must store, e.g. FISH's per-task mask, count in `stored_bytes` but not as parameters).
+
+Life cycle of one run::
+
+    method = build_method(method_cfg, ctx)          # methods/__init__.py
+    model  = method.prepare(base_model)             # freeze / inject / select; may wrap
+    ... train; snapshots copy `p.data` of trainable params and restore it with `copy_` ...
+    tensors = method.artifact(model)                # what goes into artifact.safetensors
+    # later, in another process:
+    model = method.load(fresh_base_model, tensors)  # ready for inference, same logits
+    plain = method.merge(model)                     # plain HF model, no extra modules (export)
+
+Invariant every method keeps: the trainable parameters are the single source of truth. Copying
+saved values into them (best-epoch restore, checkpoint resume) fully restores the model's
+function with no further call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+
+from peft_cli.errors import NotMergeable
+
+if TYPE_CHECKING:  # keep `peftx --help` free of torch
+    import torch
+    from torch import nn
+
+    from peft_cli.config import MaskConfig
+
+
+@dataclass
+class MethodContext:
+    """What a method may need beyond its own config. Built by train/evaluate, never by methods."""
+
+    model_name: str  # the `model` config name, e.g. "minilm-l6" (mask files live under it)
+    fingerprint: str  # fingerprint of the pre-trained backbone (models.fingerprint)
+    results_dir: Path
+    mask: "MaskConfig"  # the top-level `mask.*` config (PaFi and its ablations read it)
+    seed: int
+    device: "torch.device"
+    # Yields training batches (dicts of tensors on `device`, with "labels"). Only data-dependent
+    # selection (FISH) calls it; None in `eval`/`export`, where the artifact says everything.
+    train_batches: Callable[[], Iterable[dict[str, "torch.Tensor"]]] | None = None
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    config_cls: ClassVar[type]  # dataclass of the keys in conf/method/<name>.yaml (besides `name`)
+    mergeable: ClassVar[bool] = True  # False: `peftx export` exits 2 with `merge`'s reason
+
+    def __init__(self, cfg: Any, ctx: MethodContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+
+    def tag(self) -> str:
+        """`method_tag` of the contract: the name plus what distinguishes variants (`lora-r8`)."""
+        return self.name
+
+    @abstractmethod
+    def prepare(self, model: "nn.Module") -> "nn.Module":
+        """Freeze the backbone and make this method's parameters trainable. May wrap the model;
+        the returned module is called like the HF model (`input_ids=...` -> `.logits`)."""
+
+    @abstractmethod
+    def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
+        """Backbone-side tensors this run must store (head excluded), on CPU, contiguous."""
+
+    @abstractmethod
+    def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
+        """Apply `artifact()`'s tensors to a freshly loaded base model; return it ready for
+        inference (its logits equal the trained model's)."""
+
+    def merge(self, model: "nn.Module") -> "nn.Module":
+        """Return a plain Hugging Face model with everything folded in (for `peftx export`).
+        Methods whose `load` already yields a plain model keep this default."""
+        if not self.mergeable:
+            raise NotMergeable(f"method '{self.name}' adds modules that cannot be merged into the base model")
+        return model
+
+    def metadata(self) -> dict[str, str]:
+        """Extra string entries for the artifact's safetensors header (e.g. a mask fingerprint)."""
+        return {}
+
+    def check_metadata(self, metadata: dict[str, str]) -> None:
+        """Raise UserError if an artifact's header does not fit this method/base model."""
