@@ -64,9 +64,12 @@ class Method(ABC):
         self.cfg = cfg
         self.ctx = ctx
 
-    def tag(self) -> str:
-        """`method_tag` of the contract: the name plus what distinguishes variants (`lora-r8`)."""
-        return self.name
+    @classmethod
+    def tag(cls, cfg: Any, mask: "MaskConfig") -> str:
+        """`method_tag` of the contract: the name plus what distinguishes variants (`lora-r8`,
+        `pafi-smallest-d0.005`). A function of the config alone: sweeps compute run folders
+        without loading a model."""
+        return cls.name
 
     @abstractmethod
     def prepare(self, model: "nn.Module") -> "nn.Module":
@@ -95,3 +98,23 @@ class Method(ABC):
 
     def check_metadata(self, metadata: dict[str, str]) -> None:
         """Raise UserError if an artifact's header does not fit this method/base model."""
+
+
+def load_named(model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> None:
+    """Copy `tensors` into `model`'s parameters of the same names, in place. Every name must
+    exist with the same shape: a stored artifact that does not fit is a user error, not a
+    silent partial load."""
+    import torch
+
+    from peft_cli.errors import UserError
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name not in params:
+                raise UserError(f"artifact tensor '{name}' is not a parameter of this model; "
+                                "was the artifact made for another model or method?")
+            if params[name].shape != t.shape:
+                raise UserError(f"artifact tensor '{name}' has shape {tuple(t.shape)}, "
+                                f"the model's has {tuple(params[name].shape)}")
+            params[name].copy_(t)

@@ -1,0 +1,70 @@
+"""Assemble what a run needs from a RunConfig: tokenizer, base model, encoded splits, method.
+Shared by `train`, `eval` and `export`, so all three see the same model and the same examples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from peft_cli.config import RunConfig
+from peft_cli.data import Encoded, Splits, load_splits
+from peft_cli.methods import Method, MethodContext, build_method, method_tag
+from peft_cli.models import fingerprint, head_parameters, load_model, load_tokenizer
+from peft_cli.results import run_dir
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def run_folder(cfg: RunConfig) -> Path:
+    tag = method_tag(cfg.method, cfg.mask)
+    return run_dir(cfg.results.dir, cfg.experiment, cfg.model.name, tag, cfg.task.name, cfg.seed)
+
+
+@dataclass
+class Encodings:
+    train: Encoded
+    validation: Encoded
+    tests: list[Encoded]  # one per dev set (MNLI: matched, mismatched)
+
+
+def encode(cfg: RunConfig, tokenizer: Any, splits: Splits) -> Encodings:
+    def enc(examples: list[dict]) -> Encoded:
+        return Encoded(examples, tokenizer, cfg.train.max_length, cfg.task.is_regression)
+
+    return Encodings(enc(splits.train), enc(splits.validation), [enc(t) for t in splits.tests])
+
+
+@dataclass
+class Assembled:
+    model: "nn.Module"  # base model + fresh head, before the method touches it
+    head: dict[str, "nn.Parameter"]  # references into `model`, valid after the method wraps it
+    method: Method
+    data: Encodings
+    fingerprint: str
+
+
+def assemble(cfg: RunConfig, device: "torch.device", with_train: bool = True) -> Assembled:
+    """Seeding is the caller's (runtime.seed_everything), before this: the head init draws from it."""
+    tokenizer = load_tokenizer(cfg.model)
+    splits = load_splits(cfg.task, cfg.data)
+    data = encode(cfg, tokenizer, splits)
+    model = load_model(cfg.model, cfg.task).to(device)
+    fp = fingerprint(model)
+    train_batches = None
+    if with_train:
+        def train_batches():  # FISH: a seeded pass over training batches
+            import torch
+
+            from peft_cli.runtime import to_device
+
+            order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))
+            for batch in data.train.loader(cfg.train.batch_size, order):
+                yield to_device(batch, device)
+
+    ctx = MethodContext(model_name=cfg.model.name, fingerprint=fp, results_dir=Path(cfg.results.dir),
+                        mask=cfg.mask, seed=cfg.seed, device=device, train_batches=train_batches)
+    method = build_method(cfg.method, ctx)
+    return Assembled(model, head_parameters(model), method, data, fp)

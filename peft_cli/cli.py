@@ -1,0 +1,152 @@
+"""`peftx`: a thin Typer shell. Each command composes the config from conf/ and the trailing
+Hydra overrides, calls one library function, and prints. Heavy imports (torch, transformers,
+Hydra) happen inside the commands, so `peftx --help` stays fast.
+
+Exit status (CONTRACT.md): 0 success; 2 bad usage/config/input (one line on stderr); 1 a run failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="PaFi, HiWi and PEFT baselines on GLUE. Trailing arguments are Hydra overrides "
+                       "(key=value, group=option, +new.key=value).")
+
+OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. task=rte method=pafi mask.density=0.005",
+                           show_default=False)
+_state = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of failed runs.")) -> None:
+    _state["debug"] = debug
+
+
+def _err(message: str) -> None:
+    print(f"peftx: {message}", file=sys.stderr)
+
+
+def command(fn: Callable) -> Callable:
+    """Map library outcomes to the contract's exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from peft_cli.errors import UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise typer.Exit(2) from None
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(1) from None
+        except Exception as e:  # a run failed while training/evaluating
+            from peft_cli.train import Interrupted
+
+            if isinstance(e, Interrupted):
+                _err(f"run cancelled: {e}")
+                raise typer.Exit(1) from None
+            if _state["debug"]:
+                raise
+            _err(f"run failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _compose(overrides: Optional[List[str]]):
+    from peft_cli.config import compose
+
+    return compose(list(overrides or []))
+
+
+@app.command()
+@command
+def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """One run: ${model} x ${task} x ${method} x ${seed} -> results/runs/..."""
+    from peft_cli.assembly import run_folder
+    from peft_cli.train import train_run
+
+    cfg = _compose(overrides)
+    r = train_run(cfg)
+    test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
+    print(f"{cfg.task.name} {r['method_tag']} seed {cfg.seed}: score {r['score']:.2f} ({test}); "
+          f"trainable {r['params']['trainable']:,} stored {r['params']['stored']:,} "
+          f"({r['stored_bytes']:,} bytes) -> {run_folder(cfg)}")
+
+
+@app.command("eval")
+@command
+def eval_(run_dir: Path = typer.Argument(..., help="a run folder (holds result.json, config.yaml)"),
+          overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Reload base model + stored artifact, re-evaluate the test split(s), write eval.json."""
+    from peft_cli.evaluate import evaluate_run
+
+    r = evaluate_run(run_dir, _dotted(overrides))
+    test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
+    same = "equal to the run's" if r["matches_run"] else "DIFFERENT from the run's"
+    print(f"{run_dir}: score {r['score']:.2f} ({test}); metrics {same}")
+
+
+def _dotted(overrides: Optional[List[str]]) -> dict:
+    """`key.path=value` pairs for commands that read a run's saved config (eval, export)."""
+    import yaml
+
+    from peft_cli.errors import UserError
+
+    out = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. data.glue_dir=/data/glue)")
+        key, value = item.split("=", 1)
+        out[key.lstrip("+")] = yaml.safe_load(value)
+    return out
+
+
+def _not_yet(name: str) -> None:
+    _err(f"'peftx {name}' is not implemented in this version")
+    raise typer.Exit(2)
+
+
+@app.command()
+@command
+def mask(overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Build, or reuse, the shared mask for ${model} (mask.strategy, mask.density, ...)."""
+    _not_yet("mask")
+
+
+@app.command()
+@command
+def sweep(overrides: Optional[List[str]] = OVERRIDES,
+          dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
+          retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again.")) -> None:
+    """Run the grid of sweep=NAME locally or on SLURM; idempotent."""
+    _not_yet("sweep")
+
+
+@app.command()
+@command
+def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Tables (Markdown, CSV) from the completed runs of ${experiment}."""
+    _not_yet("report")
+
+
+@app.command()
+@command
+def export(run_dir: Path = typer.Argument(..., help="a run folder"),
+           out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model")) -> None:
+    """Merged plain Hugging Face model; loading it needs no peftx."""
+    _not_yet("export")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,29 @@
+"""BitFit (Ben Zaken et al., 2022): only the backbone's bias terms train and are stored."""
+
+from __future__ import annotations
+
+from peft_cli.methods import NoOptions
+from peft_cli.methods.base import Method, load_named
+from peft_cli.models import backbone_parameters
+
+
+def _is_bias(name: str) -> bool:
+    # LayerNorm's additive term is a bias too (BitFit trains it); its scale is not.
+    return name.endswith(".bias")
+
+
+class BitFit(Method):
+    name = "bitfit"
+    config_cls = NoOptions
+
+    def prepare(self, model):
+        for n, p in backbone_parameters(model).items():
+            p.requires_grad_(_is_bias(n))
+        return model
+
+    def artifact(self, model):
+        return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if _is_bias(n)}
+
+    def load(self, model, tensors):
+        load_named(model, tensors)
+        return model
