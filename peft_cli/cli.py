@@ -112,16 +112,13 @@ def _dotted(overrides: Optional[List[str]]) -> dict:
     return out
 
 
-def _not_yet(name: str) -> None:
-    _err(f"'peftx {name}' is not implemented in this version")
-    raise typer.Exit(2)
-
-
 @app.command()
 @command
 def mask(overrides: Optional[List[str]] = OVERRIDES) -> None:
     """Build, or reuse, the shared mask for ${model} (mask.strategy, mask.density, ...)."""
-    _not_yet("mask")
+    from peft_cli.shared_mask import build_for_config
+
+    build_for_config(_compose(overrides), show=True)
 
 
 @app.command()
@@ -129,15 +126,23 @@ def mask(overrides: Optional[List[str]] = OVERRIDES) -> None:
 def sweep(overrides: Optional[List[str]] = OVERRIDES,
           dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
           retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again.")) -> None:
-    """Run the grid of sweep=NAME locally or on SLURM; idempotent."""
-    _not_yet("sweep")
+    """Run the grid of sweep=NAME locally or on SLURM; idempotent (completed runs are skipped)."""
+    from peft_cli.sweep import run_sweep
+
+    failed = run_sweep(list(overrides or []), dry_run=dry_run, retry_failed=retry_failed)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
 @command
 def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
-    """Tables (Markdown, CSV) from the completed runs of ${experiment}."""
-    _not_yet("report")
+    """Tables (Markdown, CSV, LaTeX) and a plot from the completed runs of ${experiment}."""
+    from peft_cli.config import compose_dict
+    from peft_cli.report import report_from_config
+
+    for path in report_from_config(compose_dict(list(overrides or []))):
+        print(path)
 
 
 @app.command()
@@ -145,7 +150,9 @@ def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
 def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model")) -> None:
     """Merged plain Hugging Face model; loading it needs no peftx."""
-    _not_yet("export")
+    from peft_cli.export import export_run
+
+    print(export_run(run_dir, out_dir))
 
 
 if __name__ == "__main__":
