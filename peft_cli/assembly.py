@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from peft_cli.config import RunConfig
 from peft_cli.data import Encoded, Splits, load_splits
 from peft_cli.methods import Method, MethodContext, build_method, method_tag
-from peft_cli.models import fingerprint, head_parameters, load_model, load_tokenizer
+from peft_cli.models import backbone_parameters, fingerprint, head_parameters, load_model, load_tokenizer
 from peft_cli.results import run_dir
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Assembled:
     method: Method
     data: Encodings
     fingerprint: str
+    backbone_size: int  # pre-trained backbone elements, counted before a method adds modules under it
 
 
 def assemble(cfg: RunConfig, device: "torch.device", with_train: bool = True) -> Assembled:
@@ -67,4 +68,5 @@ def assemble(cfg: RunConfig, device: "torch.device", with_train: bool = True) ->
     ctx = MethodContext(model_name=cfg.model.name, fingerprint=fp, results_dir=Path(cfg.results.dir),
                         mask=cfg.mask, seed=cfg.seed, device=device, train_batches=train_batches)
     method = build_method(cfg.method, ctx)
-    return Assembled(model, head_parameters(model), method, data, fp)
+    backbone_size = sum(p.numel() for p in backbone_parameters(model).values())
+    return Assembled(model, head_parameters(model), method, data, fp, backbone_size)

@@ -141,7 +141,7 @@ def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
     from peft_cli.config import compose_dict
     from peft_cli.report import report_from_config
 
-    for path in report_from_config(compose_dict(list(overrides or []))):
+    for path in report_from_config(compose_dict(list(overrides or [])), show=True):
         print(path)
 
 

@@ -188,6 +188,8 @@ def _linear_forward(self: nn.Linear, x: Tensor) -> Tensor:
     sv, i = st.sv, st.weight_slot
     w = self.weight
     v = _sync(sv, i, w)
+    if not (torch.is_grad_enabled() and v.requires_grad):
+        return F.linear(x, w, self.bias)  # eval: the plain op (autocast applies as usual)
     amp = _amp_dtype(x)  # autocast is off inside the Function: cast like F.linear would
     dt = amp or x.dtype
     b = self.bias
@@ -202,6 +204,8 @@ def _embedding_forward(self: nn.Embedding, ids: Tensor) -> Tensor:
     st: _ModuleState = self.__dict__[_STATE]
     sv, i = st.sv, st.weight_slot
     v = _sync(sv, i, self.weight)
+    if not (torch.is_grad_enabled() and v.requires_grad):
+        return F.embedding(ids, self.weight, self.padding_idx)
     return _SparseEmbedding.apply(ids, v, self.weight, sv.buf(i, "row"), sv.buf(i, "col"), self.padding_idx)
 
 

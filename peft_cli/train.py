@@ -47,6 +47,7 @@ def learning_rate(cfg: RunConfig) -> float:
 
 def no_decay(name: str) -> bool:
     """Biases and LayerNorm scales get no weight decay (BERT's recipe)."""
+    name = name.replace("__", ".")  # PaFi value params are named after their tensor with '.' -> '__'
     return name.endswith("bias") or "LayerNorm.weight" in name or "layer_norm.weight" in name
 
 
@@ -79,10 +80,8 @@ def score_of(cfg: RunConfig, test_metrics: dict[str, float]) -> float:
 
 def count_params(model: "nn.Module", a: Assembled, artifact: dict[str, "torch.Tensor"]) -> dict[str, int]:
     head = sum(p.numel() for p in a.head.values())
-    from peft_cli.models import backbone_parameters
-
     return {
-        "backbone": sum(p.numel() for p in backbone_parameters(a.model).values()),
+        "backbone": a.backbone_size,  # LoRA/adapters/HiWi add modules under the backbone prefix
         "head": head,
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad) - head,
         "stored": sum(t.numel() for t in artifact.values() if t.is_floating_point()),
@@ -247,6 +246,7 @@ def _finish(cfg, a: Assembled, model, out: Path, fitted, device, bf16: bool, bas
         for n, p in model.named_parameters():
             if n in best:
                 p.copy_(best[n])
+    a.method.finalize(model)
     t0 = time.time()
     val, _ = evaluate_split(cfg, model, a.data.validation, device, bf16)
     test: dict[str, float] = {}

@@ -14,6 +14,11 @@ from peft_cli.methods.base import Method, MethodContext
 REGISTRY: dict[str, str] = {
     "full": "peft_cli.methods.full:Full",
     "bitfit": "peft_cli.methods.bitfit:BitFit",
+    "pafi": "peft_cli.methods.pafi:PaFi",
+    "hiwi": "peft_cli.methods.hiwi:HiWi",
+    "lora": "peft_cli.methods.lora:LoRA",
+    "adapter_houlsby": "peft_cli.methods.adapter:Houlsby",
+    "adapter_pfeiffer": "peft_cli.methods.adapter:Pfeiffer",
 }
 
 # keys of conf/method/*.yaml that belong to the harness, not to the method's own schema

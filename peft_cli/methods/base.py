@@ -85,6 +85,11 @@ class Method(ABC):
         """Apply `artifact()`'s tensors to a freshly loaded base model; return it ready for
         inference (its logits equal the trained model's)."""
 
+    def finalize(self, model: "nn.Module") -> None:
+        """Called once after the best epoch is restored, before the test split is scored: make the
+        model exactly what `artifact()` will store (e.g. round values to a half-precision storage
+        dtype), so the run's metrics are the stored artifact's metrics."""
+
     def merge(self, model: "nn.Module") -> "nn.Module":
         """Return a plain Hugging Face model with everything folded in (for `peftx export`).
         Methods whose `load` already yields a plain model keep this default."""

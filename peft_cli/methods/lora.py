@@ -1,0 +1,104 @@
+"""LoRA (Hu et al., 2022) through the `peft` library: W x + (alpha / r) B A x on the target Linears.
+
+peft's LoraModel injects the low-rank layers into the HF model in place (no PeftModel wrapper),
+so the prepared model is still called like the HF model and its task head keeps the very
+Parameter objects the harness holds. Modules outside the backbone are excluded from targeting:
+the head is the harness's. The artifact holds the A/B matrices only; `merge` folds B A into W
+and removes the LoRA layers, leaving a model whose state_dict has the base model's keys.
+
+Defaults follow the LoRA paper's RoBERTa-base GLUE recipe (Table 9): query and value, r = 8,
+alpha = 8, lr 4e-4 to 5e-4; it lists no LoRA dropout, so 0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from peft_cli.errors import UserError
+from peft_cli.methods.base import Method, load_named
+from peft_cli.models import backbone_parameters
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from peft_cli.config import MaskConfig
+
+ADAPTER = "default"  # peft's adapter name: parameters are `<module>.lora_A.default.weight`
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])  # module-name suffixes
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise UserError(f"config key 'method.r' is {self.r}; it must be >= 1, e.g. 8")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config key 'method.dropout' is {self.dropout}; it must be in [0, 1)")
+        if not self.target_modules:
+            raise UserError("config key 'method.target_modules' is empty; e.g. [query, value]")
+
+
+class LoRA(Method):
+    name = "lora"
+    config_cls = LoRAConfig
+
+    @classmethod
+    def tag(cls, cfg: LoRAConfig, mask: "MaskConfig") -> str:
+        default = LoRAConfig()
+        tag = f"lora-r{cfg.r}"
+        if cfg.alpha != default.alpha:
+            tag += f"-a{cfg.alpha:g}"
+        if cfg.dropout != default.dropout:
+            tag += f"-do{cfg.dropout:g}"
+        if cfg.target_modules != default.target_modules:
+            tag += "-" + "-".join(re.sub(r"[^A-Za-z0-9]+", "", t) for t in cfg.target_modules)
+        return tag
+
+    def _inject(self, model: "nn.Module") -> "nn.Module":
+        from peft import LoraConfig
+        from peft.tuners.lora import LoraModel
+
+        config = LoraConfig(r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
+                            target_modules=list(self.cfg.target_modules), bias="none",
+                            exclude_modules=rf"(?!{re.escape(model.base_model_prefix)}\.).*")  # never the head
+        try:
+            # In place; also sets requires_grad=False on everything but A/B (the harness re-enables the head).
+            self.tuner = LoraModel(model, config, ADAPTER)
+        except ValueError as e:  # "Target modules ... not found in the base model"
+            raise UserError(f"config key 'method.target_modules' {self.cfg.target_modules}: {str(e).splitlines()[0]}") from None
+        return model
+
+    def prepare(self, model: "nn.Module") -> "nn.Module":
+        return self._inject(model)
+
+    def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
+        return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if _is_lora(n)}
+
+    def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
+        self._inject(model)
+        missing = sorted(n for n in backbone_parameters(model) if _is_lora(n) and n not in tensors)
+        if missing:
+            raise UserError(f"artifact lacks LoRA tensor '{missing[0]}': was it trained with other method.* settings?")
+        load_named(model, tensors)
+        return model
+
+    def merge(self, model: "nn.Module") -> "nn.Module":
+        if getattr(self, "tuner", None) is None or self.tuner.model is not model:
+            raise RuntimeError("merge() needs the model this LoRA instance prepared or loaded")
+        import torch
+
+        with torch.no_grad():
+            merged = self.tuner.merge_and_unload()  # W <- W + (alpha/r) B A; LoRA layers -> their base Linear
+        self.tuner = None
+        return merged
+
+
+def _is_lora(name: str) -> bool:
+    return f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name

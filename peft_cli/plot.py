@@ -1,0 +1,72 @@
+"""The paper's Figure 1 for a report `Table`: Avg score against % stored parameters (log axis), one
+labelled marker per method, marker area by stored bytes per task. Published rows are hollow
+diamonds, drawn only when their file gives a stored count. Rows without an Avg are left out.
+
+Uses the Agg canvas directly (no pyplot, no global backend switch), and fixed metadata so that
+reruns write identical bytes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from peft_cli.report import Row, Table
+from peft_cli.results import atomic_path
+
+METADATA = {"png": {"Software": "peftx"}, "pdf": {"Creator": "peftx", "Producer": "peftx", "CreationDate": None}}
+AREA = (40.0, 400.0)  # marker area (points^2) of the smallest and the largest artifact
+PUBLISHED_AREA = 70.0
+
+
+def plotted(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.avg is not None and r.stored_pct is not None and r.stored_pct > 0]
+
+
+def areas(rows: list[Row]) -> list[float]:
+    """Area grows with log(bytes): artifacts span orders of magnitude (BitFit KB, full FT 100 MB)."""
+    logs = [math.log(max(r.bytes_per_task or 1.0, 1.0)) for r in rows]
+    lo, hi = min(logs, default=0.0), max(logs, default=0.0)
+    return [AREA[0] + (AREA[1] - AREA[0]) * ((v - lo) / (hi - lo) if hi > lo else 0.5) for v in logs]
+
+
+def figure(table: Table):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    measured, published = plotted(table.rows), plotted(table.references)
+    for i, (row, area) in enumerate(zip(measured, areas(measured))):
+        ax.scatter([row.stored_pct], [row.avg], s=area, color=f"C{i % 10}", alpha=0.85, edgecolors="black",
+                   linewidths=0.5, zorder=3)
+        ax.annotate(row.label, (row.stored_pct, row.avg), xytext=(5, 4), textcoords="offset points", fontsize=7)
+    for row in published:
+        ax.scatter([row.stored_pct], [row.avg], s=PUBLISHED_AREA, marker="D", facecolors="none", edgecolors="black",
+                   linewidths=1.0, zorder=3)
+        ax.annotate(f"{row.label} [{row.note}], published", (row.stored_pct, row.avg), xytext=(5, -9),
+                    textcoords="offset points", fontsize=7, style="italic")
+    if measured or published:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no row has a score on every task", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("% stored parameters per task (log scale, task head excluded)")
+    ax.set_ylabel(f"Avg score over {len(table.tasks)} tasks (%)")
+    ax.set_title(f"{table.experiment}: Avg vs stored fraction", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.text(0.99, 0.01, "marker area ~ log(bytes stored per task); hollow: published", ha="right", va="bottom",
+            fontsize=6, color="0.4", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def write_plot(table: Table, stem: Path) -> list[Path]:
+    """<stem>.png and <stem>.pdf, each written atomically."""
+    fig = figure(table)
+    out = []
+    for fmt in ("png", "pdf"):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=METADATA[fmt])
+        out.append(path)
+    return out

@@ -1,0 +1,338 @@
+"""One training step of a roberta-base-sized classifier: time and peak RSS per fine-tuning method.
+
+    python scripts/bench/pafi_step.py                      # all variants, CPU, 2 threads -> results/bench/pafi_step.{md,json}
+    python scripts/bench/pafi_step.py --variants full pafi --steps 5 --warmup 1
+
+Random-init RobertaForSequenceClassification(RobertaConfig(num_labels=2)) (base defaults), batch 8 x 128,
+AdamW(lr=1e-4, weight_decay=0.01). Each variant runs in its own child process, so its peak RSS
+(ru_maxrss, read right after the last step) covers model build + method setup + the steps, nothing else.
+Step time = median over the steps after warm-up of forward+backward+optimizer.step+zero_grad.
+After the steps the child rebuilds the initial model (same seed) and counts backbone entries that
+changed outside the variant's chosen set (head excluded; full FT and LoRA: n/a by construction).
+
+The PaFi mask (density 0.005, globally smallest |θ| over all backbone tensors) is built once in the
+parent with peft_cli.mask.select and handed to the peftx and selective-optimizers children
+(selective-optimizers selects its own budget-sized set the same way; its count is reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("full", "bitfit", "pafi", "supertuning", "selopt", "lora")
+LABEL = {
+    "full": "full fine-tuning",
+    "bitfit": "BitFit (biases + head)",
+    "pafi": "peftx PaFi (sparse.attach)",
+    "supertuning": "peft Super-Tuning (bottom, 0.995, encoder Linear)",
+    "selopt": "selective-optimizers 0.4 pafi",
+    "lora": "peft LoRA r=8 query/value",
+}
+BATCH, SEQ = 8, 128
+
+
+# ----------------------------------------------------------------------------- child
+
+
+def _build(seed: int = 0):
+    import torch
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    return RobertaForSequenceClassification(RobertaConfig(num_labels=2))
+
+
+def _backbone(named: dict) -> dict:
+    return {n: p for n, p in named.items() if not n.startswith("classifier")}
+
+
+def _child(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    model = _build()
+    head = [n for n, _ in model.named_parameters() if n.startswith("classifier")]
+    chosen: dict[str, torch.Tensor] | None = None  # {backbone name: flat indices}; None = n/a
+    info: dict = {}
+    v = args.child
+
+    def freeze_all():
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("classifier"))
+
+    opt_kw = dict(lr=1e-4, weight_decay=0.01)
+    if v == "full":
+        params = list(model.parameters())
+        opt = torch.optim.AdamW(params, **opt_kw)
+    elif v == "bitfit":
+        freeze_all()
+        chosen = {}
+        for n, p in _backbone(dict(model.named_parameters())).items():
+            if n.endswith(".bias"):
+                p.requires_grad_(True)
+                chosen[n] = torch.arange(p.numel())
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_kw)
+    elif v == "pafi":
+        from peft_cli.sparse import attach
+
+        mask = torch.load(args.mask)
+        freeze_all()
+        model.to(dev)
+        sv = attach(model, mask)
+        chosen = mask
+        info["k"] = sv.k
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_kw)
+    elif v == "supertuning":
+        from peft import SupertuningConfig, get_peft_model
+
+        cfg = SupertuningConfig(
+            target_modules=r".*encoder\.layer\.\d+\..*(query|key|value|dense)$",
+            sparsity=0.995,
+            select_top=False,
+            modules_to_save=["classifier"],
+        )
+        model = get_peft_model(model, cfg)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_kw)
+    elif v == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
+        model = get_peft_model(model, cfg)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_kw)
+    elif v == "selopt":
+        from selective_optimizers.wrap import get_selective_optimizer
+
+        mask = torch.load(args.mask)
+        k = sum(int(i.numel()) for i in mask.values())
+        del mask
+        hp = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+        bp = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+        cls = get_selective_optimizer(torch.optim.AdamW, "pafi")
+        # verify=False: otherwise it torch.saves a full CPU clone of the model to /tmp (+0.5 GB RSS)
+        opt = cls(
+            [{"params": bp}, {"params": hp, "choose_all": True}],
+            budget=k + sum(p.numel() for p in hp), verify=False, **opt_kw,
+        )  # fmt: skip
+        names = [n for n, _ in model.named_parameters() if not n.startswith("classifier")]
+        chosen = {n: m.reshape(-1).nonzero().reshape(-1) for n, m in zip(names, opt.param_groups[0]["chosen_masks"])}
+        info["k"] = sum(int(c.numel()) for c in chosen.values())
+        info["note"] = "forces weight_decay=0 (prints so); dense grads, grad masking, dense Adam state"
+    else:
+        raise SystemExit(f"unknown variant {v}")
+    model.to(dev).train()
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 50265, (BATCH, SEQ), generator=g)
+    batch = dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
+                 labels=torch.randint(0, 2, (BATCH,), generator=g).to(dev))  # fmt: skip
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
+    times = []
+    for s in range(args.steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with amp:
+            loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    out = dict(variant=v, step_s=statistics.median(times[args.warmup :]), step_times=times, peak_rss=rss, **info)
+    if dev.type == "cuda":
+        out["cuda_peak_alloc"] = torch.cuda.max_memory_allocated()
+    out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    out["opt_state"] = sum(t.numel() for st in opt.state.values() for key, t in st.items()
+                           if torch.is_tensor(t) and key != "step")  # fmt: skip
+
+    # --- changed entries outside the chosen set (after the peak was read) ---
+    if v == "pafi":
+        model.pafi_values.detach(model)
+    elif v == "supertuning":
+        chosen = {}
+        for n, m in model.named_modules():
+            if hasattr(m, "supertuning_indices") and "default" in m.supertuning_indices:
+                base = n.replace("base_model.model.", "", 1) + ".weight"
+                chosen[base] = m.supertuning_indices["default"].long().cpu()
+        model = model.merge_and_unload()
+    elif v == "lora":
+        model = model.merge_and_unload()
+    if chosen is None:
+        out["changed_outside"] = None
+    else:
+        ref = _backbone(dict(_build().named_parameters()))
+        cur = _backbone(dict(model.named_parameters()))
+        outside = inside = 0
+        for n, p0 in ref.items():
+            diff = cur[n].detach().cpu().reshape(-1) != p0.detach().reshape(-1)
+            if n in chosen:
+                sel = torch.zeros_like(diff)
+                sel[chosen[n].long()] = True
+                inside += int((diff & sel).sum())
+                diff &= ~sel
+            outside += int(diff.sum())
+        out["changed_outside"], out["changed_inside"] = outside, inside
+    out["head"] = len(head)
+    return out
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _mask(density: float, path: str) -> dict:
+    import torch
+
+    model = _build()
+    named = {n: p.detach() for n, p in _backbone(dict(model.named_parameters())).items()}
+    try:
+        from peft_cli.mask import MaskSpec, select
+
+        idx, how = select(named, MaskSpec(strategy="smallest", density=density)), "peft_cli.mask.select"
+    except ImportError:  # fallback: threshold = k-th smallest |θ| of all backbone entries (ties: first ones)
+        allabs = torch.cat([t.abs().reshape(-1) for t in named.values()])
+        k = round(density * allabs.numel())
+        thr = allabs.kthvalue(k).values
+        idx, left, how = {}, k, "kthvalue fallback"
+        for n, t in named.items():
+            i = (t.abs().reshape(-1) <= thr).nonzero().reshape(-1)[:left].to(torch.int32)
+            if i.numel():
+                idx[n], left = i, left - i.numel()
+    torch.save(idx, path)
+    return dict(how=how, k=sum(int(i.numel()) for i in idx.values()), tensors=len(idx),
+                backbone=sum(t.numel() for t in named.values()))  # fmt: skip
+
+
+def _fmt_gb(b: float) -> str:
+    return f"{b / 1e9:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--steps", type=int, default=5, help="AdamW steps per variant (changed-entry check after them)")
+    ap.add_argument("--warmup", type=int, default=1, help="first steps left out of the median")
+    ap.add_argument("--density", type=float, default=0.005)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    ap.add_argument("--out", default=str(ROOT / "results/bench/pafi_step"), help="writes OUT.md and OUT.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--mask", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(_child(args)), flush=True)
+        return
+
+    import peft
+    import torch
+    import transformers
+
+    started = time.time()
+    tmp = tempfile.mkdtemp(prefix="pafi_bench_")
+    mask_path = os.path.join(tmp, "mask.pt")
+    mask_info = _mask(args.density, mask_path)
+    print(f"mask: k={mask_info['k']} over {mask_info['tensors']} tensors ({mask_info['how']})", flush=True)
+    results = {}
+    for v in args.variants:
+        cmd = [sys.executable, __file__, "--child", v, "--mask", mask_path, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+        if args.bf16:
+            cmd.append("--bf16")
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if p.returncode or line is None:
+            results[v] = dict(variant=v, error=(p.stderr or p.stdout).strip().splitlines()[-1:] or ["?"])
+        else:
+            results[v] = json.loads(line[7:])
+        r = results[v]
+        print(v, {k: r.get(k) for k in ("step_s", "peak_rss", "changed_outside", "error")}, flush=True)
+    os.remove(mask_path)
+    os.rmdir(tmp)
+
+    try:
+        import selective_optimizers  # noqa: F401
+
+        selopt_ver = "0.4 (pip)"
+    except ImportError:
+        selopt_ver = "not installed"
+    full = results.get("full", {})
+    meta = dict(
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        nproc=os.cpu_count(), threads=args.threads, device=args.device, bf16=args.bf16,
+        torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
+        selective_optimizers=selopt_ver, python=platform.python_version(),
+        batch=[BATCH, SEQ], steps=args.steps, warmup=args.warmup, density=args.density, mask=mask_info,
+        wall_s=round(time.time() - started, 1),
+    )  # fmt: skip
+    for r in results.values():
+        if "step_s" in r and "step_s" in full:
+            r["time_vs_full"] = r["step_s"] / full["step_s"]
+            r["rss_vs_full"] = r["peak_rss"] / full["peak_rss"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")
+
+    rows = [
+        "| variant | step s (median) | x full | peak RSS GB | x full | trainable | AdamW state | changed outside set |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v, r in results.items():
+        if "error" in r:
+            rows.append(f"| {LABEL[v]} | error: {r['error'][0][:80]} | | | | | | |")
+            continue
+        ch = "n/a" if r["changed_outside"] is None else str(r["changed_outside"])
+        rows.append(
+            f"| {LABEL[v]} | {r['step_s']:.2f} | {r.get('time_vs_full', float('nan')):.2f} | {_fmt_gb(r['peak_rss'])} "
+            f"| {r.get('rss_vs_full', float('nan')):.2f} | {r['trainable']:,} | {r['opt_state']:,} | {ch} |"
+        )
+    md = [
+        "# PaFi training step: time and peak memory",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"{meta['date']} · nproc {meta['nproc']}, torch threads {args.threads}, device {args.device}"
+        f"{' (bf16 autocast)' if args.bf16 else ' (fp32)'} · torch {meta['torch']}, transformers "
+        f"{meta['transformers']}, peft {meta['peft']}, selective-optimizers {selopt_ver}",
+        "",
+        f"Random-init RobertaForSequenceClassification (RobertaConfig() base defaults, num_labels=2), batch "
+        f"{BATCH}x{SEQ}, AdamW lr 1e-4 weight_decay 0.01, {args.steps} steps, median of the last "
+        f"{args.steps - args.warmup}. PaFi mask: globally smallest |θ| over the backbone, density {args.density}: "
+        f"k={mask_info['k']:,} of {mask_info['backbone']:,} in {mask_info['tensors']} tensors ({mask_info['how']}). "
+        "Each variant in its own process; peak RSS = ru_maxrss (model build + setup + steps). "
+        "x full = ratio to full FT in this same run. Changed outside set: backbone entries (head excluded) that "
+        "differ from the initial model after the steps, outside the variant's chosen entries.",
+        "",
+        *rows,
+        "",
+        "Notes: Super-Tuning trains deltas (weight decay pulls the delta, not θ, to 0); selective-optimizers "
+        "forces weight_decay=0 and keeps dense grads and dense Adam state (run with verify=False). LoRA's merged "
+        "update is dense low-rank, so 'outside the set' does not apply. Only 2 cores, shared with other work: "
+        "step times carry a few % noise; compare ratios within one run.",
+        "",
+    ]
+    out.with_suffix(".md").write_text("\n".join(md))
+    print("\n".join(rows))
+    print(f"wrote {out.with_suffix('.md')} and .json ({meta['wall_s']} s)")
+
+
+if __name__ == "__main__":
+    main()

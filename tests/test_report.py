@@ -1,0 +1,238 @@
+"""`peftx report` from result.json files written here by hand (no training): the golden Markdown
+table, medians, seed marks, Avg, published rows, CSV/LaTeX/plot outputs, skipped-run counts,
+determinism and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from peft_cli.errors import UserError
+from peft_cli.reference import load_reference
+from peft_cli.render import to_csv, to_latex, to_markdown
+from peft_cli.report import Cell, build_table, collect, report_config, report_from_config
+
+HEADLINE = {"rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson", "mnli": "accuracy", "cola": "matthews_correlation"}
+
+
+def write_result(root: Path, tag: str, task: str, seed: int, metrics: dict[str, float], *, trainable: int,
+                 stored: int, nbytes: int, status: str = "completed", model: str = "m", experiment: str = "tiny",
+                 protocol: str = "holdout") -> Path:
+    d = root / "runs" / experiment / model / tag / task / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    r = {"status": status, "experiment": experiment, "model": model, "task": task, "method": tag.split("-")[0],
+         "method_tag": tag, "seed": seed, "metrics": {"validation": {}, "test": metrics},
+         "score": 100.0 * metrics[HEADLINE[task]], "params": {"backbone": 1000, "head": 7, "trainable": trainable,
+                                                               "stored": stored},
+         "stored_bytes": nbytes, "time": {"train_s": 1.0, "eval_s": 0.1}, "config_hash": f"{tag}{task}{seed}",
+         "protocol": protocol, "versions": {"torch": "x"}}
+    (d / "result.json").write_text(json.dumps(r), encoding="utf-8")
+    return d
+
+
+def write_runs(tmp_path: Path) -> Path:
+    """full: rte 60/70/65, mrpc acc 80/82/84 f1 85/88/86 (3 seeds); bitfit: rte 50/55 (2 seeds),
+    mrpc 70/74/72, 80/81/79; lora: rte only, 61/62/63. Plus one failed, one running, one
+    half-written result.json."""
+    full = dict(trainable=1000, stored=1000, nbytes=4100)
+    for seed, acc in zip((1, 2, 3), (0.60, 0.70, 0.65)):
+        write_result(tmp_path, "full", "rte", seed, {"accuracy": acc}, **full)
+    for seed, acc, f1 in zip((1, 2, 3), (0.80, 0.82, 0.84), (0.85, 0.88, 0.86)):
+        write_result(tmp_path, "full", "mrpc", seed, {"accuracy": acc, "f1": f1}, **full)
+    bitfit = dict(trainable=10, stored=10, nbytes=140)
+    for seed, acc in zip((1, 2), (0.50, 0.55)):
+        write_result(tmp_path, "bitfit", "rte", seed, {"accuracy": acc}, **bitfit)
+    for seed, acc, f1 in zip((1, 2, 3), (0.70, 0.74, 0.72), (0.80, 0.81, 0.79)):
+        write_result(tmp_path, "bitfit", "mrpc", seed, {"accuracy": acc, "f1": f1}, **bitfit)
+    for seed, acc in zip((1, 2, 3), (0.61, 0.62, 0.63)):
+        write_result(tmp_path, "lora-r8", "rte", seed, {"accuracy": acc}, trainable=5, stored=5, nbytes=1234)
+    # not completed: never in the table, but counted
+    write_result(tmp_path, "bitfit", "rte", 3, {"accuracy": 0.99}, **bitfit, status="failed")
+    write_result(tmp_path, "lora-r8", "mrpc", 1, {"accuracy": 0.99, "f1": 0.99}, trainable=5, stored=5, nbytes=1,
+                 status="running")
+    half = write_result(tmp_path, "lora-r8", "mrpc", 2, {"accuracy": 0.99, "f1": 0.99}, trainable=5, stored=5, nbytes=1)
+    text = (half / "result.json").read_text()
+    (half / "result.json").write_text(text[: len(text) // 2])
+    return tmp_path
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return write_runs(tmp_path)
+
+
+def cfg(results_dir: Path, **report) -> dict:
+    return {"experiment": "tiny", "results": {"dir": str(results_dir)},
+            "report": {"runs": None, "spread": "std", "references": [], **report}}
+
+
+def table_of(results_dir: Path, refs: list[str] = (), spread: str = "std", pattern: str = "tiny/*/*/*/*"):
+    runs, counts = collect(results_dir, pattern)
+    return build_table("tiny", runs, counts, [load_reference(n) for n in refs], spread)
+
+
+GOLDEN = """\
+**Experiment tiny: GLUE test scores in %, median over seeds; model m; split protocol: holdout.**
+
+| Method | MRPC acc | MRPC F1 | RTE | Avg | % trainable | % stored | Size/task |
+|:---|---:|---:|---:|---:|---:|---:|---:|
+| full | 82.00 | 86.00 | 65.00 | 73.50 | 100.00 | 100.00 | 4.1 KB |
+| bitfit | 72.00 | 80.00 | 52.50† | 62.25† | 1.00 | 1.00 | 140 B |
+| lora-r8 | — | — | 62.00 | — | 0.50 | 0.50 | 1.23 KB |
+
+Avg: mean over the 2 tasks of each row's per-task median headline score (MRPC acc, RTE); — when the row \
+lacks a task. % trainable / % stored: parameters updated in training / written to the artifact, over the \
+backbone's parameters (task head excluded). Size/task: median bytes on disk of one run's artifact (head included).
+
+† fewer seeds: bitfit RTE n=2 of 3. An Avg is marked † when one of its medians is.
+
+Runs: 14 completed result.json read; skipped: 1 failed, 0 cancelled, 1 running, 1 unreadable.
+"""
+
+
+def test_golden_markdown(results):
+    assert to_markdown(table_of(results)) == GOLDEN
+
+
+def test_medians_odd_and_even_n(results):
+    assert Cell([3.0, 1.0, 2.0]).median == 2.0
+    assert Cell([1.0, 2.0, 3.0, 10.0]).median == 2.5  # even n: mean of the two middle values
+    rows = {r.method_tag: r for r in table_of(results).rows}
+    assert rows["full"].cells[("rte", "accuracy")].median == pytest.approx(65.0)  # 60, 70, 65
+    assert rows["bitfit"].cells[("rte", "accuracy")].median == pytest.approx(52.5)  # 50, 55
+    assert rows["full"].cells[("mrpc", "f1")].median == pytest.approx(86.0)  # 85, 88, 86
+
+
+def test_missing_seed_marked_and_avg(results):
+    t = table_of(results)
+    rows = {r.method_tag: r for r in t.rows}
+    assert t.n_max == 3
+    assert t.marked(rows["bitfit"], rows["bitfit"].cells[("rte", "accuracy")])
+    assert not t.marked(rows["bitfit"], rows["bitfit"].cells[("mrpc", "accuracy")])
+    assert t.avg_marked(rows["bitfit"]) and not t.avg_marked(rows["full"])
+    # Avg = mean over tasks of the per-task median headline score
+    assert rows["full"].avg == pytest.approx((65.0 + 82.0) / 2)
+    assert rows["bitfit"].avg == pytest.approx((52.5 + 72.0) / 2)
+    # lora has no MRPC: no Avg at all, not its RTE score alone
+    assert rows["lora-r8"].avg is None
+
+
+def test_counts_skip_failed_running_unreadable(results):
+    runs, counts = collect(results, "tiny/*/*/*/*")
+    assert counts == {"completed": 14, "failed": 1, "cancelled": 0, "running": 1, "unreadable": 1}
+    assert all(r["status"] == "completed" for r in runs)
+    assert not any(r["score"] == 99.0 for r in runs)  # the failed/running runs' scores never enter
+
+
+def test_csv_n_and_spread(results):
+    rows = list(csv.DictReader(io.StringIO(to_csv(table_of(results)))))
+    get = lambda tag, task, metric: next(r for r in rows if r["method_tag"] == tag and r["task"] == task  # noqa: E731
+                                          and r["metric"] == metric)
+    full_rte = get("full", "rte", "accuracy")
+    assert (full_rte["median"], full_rte["n"], full_rte["fewer_seeds"]) == ("65.0000", "3", "0")
+    assert float(full_rte["std"]) == pytest.approx(statistics.stdev([60.0, 70.0, 65.0]))
+    bit_rte = get("bitfit", "rte", "accuracy")
+    assert (bit_rte["median"], bit_rte["n"], bit_rte["fewer_seeds"]) == ("52.5000", "2", "1")
+    assert get("lora-r8", "all", "avg")["median"] == ""  # undefined, not a one-task average
+    assert get("bitfit", "all", "stored_pct")["median"] == "1.000000"
+    assert get("full", "mrpc", "stored_bytes")["median"] == "4100"
+
+    minmax = list(csv.DictReader(io.StringIO(to_csv(table_of(results, spread="minmax")))))
+    r = next(r for r in minmax if r["method_tag"] == "full" and r["task"] == "rte" and r["metric"] == "accuracy")
+    assert (r["min"], r["max"]) == ("60.0000", "70.0000") and "std" not in r
+
+
+def test_reference_rows_apart(results):
+    t = table_of(results, refs=["roberta_base_lora"])
+    md = to_markdown(t)
+    measured_md = to_markdown(table_of(results))
+    # measured rows are untouched by the references
+    for line in measured_md.splitlines()[4:7]:
+        assert line in md
+    lines = md.splitlines()
+    sep = lines.index("| *published* |  |  |  |  |  |  |  |")
+    assert sep == 7  # right after the three measured rows
+    assert lines[8] == "| full FT (roberta-base) [1] | 90.20 | — | 78.70 | 84.45 | 100.00 | 100.00 | — |"
+    assert lines[9] == "| LoRA (roberta-base) [1] | 89.70 | — | 86.60 | 88.15 | 0.24 | 0.24 | — |"
+    assert "[1] published, not measured here (roberta-base, dev split): LoRA repository README table" in md
+    assert "full FT 86.40, LoRA 87.24" in md
+    assert t.n_max == 3  # a published cell (one value) never sets or gets seed marks
+    assert not any(t.marked(r, c) for r in t.references for c in r.cells.values())
+    kinds = {r["kind"] for r in csv.DictReader(io.StringIO(to_csv(t))) if r["row"].startswith(("full FT", "LoRA"))}
+    assert kinds == {"published"}
+
+
+def test_reference_avg_matches_published():
+    """With the references alone, the table spans their 8 tasks; LoRA's Avg recomputes to the
+    published 87.24 (full FT's published 86.40 is not the mean of its rounded cells, 86.35)."""
+    t = build_table("ref", [], {}, [load_reference("roberta_base_lora")])
+    assert [c.label for c in t.columns][:3] == ["CoLA", "SST-2", "MRPC acc"]
+    avg = {r.method_tag: r.avg for r in t.references}
+    assert round(avg["LoRA"], 2) == 87.24 and round(avg["full FT"], 2) == 86.35
+
+
+def test_columns_from_task_conf(tmp_path):
+    """Report metrics and labels come from conf/task/*.yaml, in GLUE order."""
+    kw = dict(trainable=1, stored=1, nbytes=10)
+    write_result(tmp_path, "full", "mnli", 1, {"accuracy": 0.8, "accuracy_mm": 0.81}, **kw)
+    write_result(tmp_path, "full", "stsb", 1, {"pearson": 0.9, "spearmanr": 0.89}, **kw)
+    write_result(tmp_path, "full", "cola", 1, {"matthews_correlation": 0.5}, **kw)
+    t = table_of(tmp_path)
+    assert [c.label for c in t.columns] == ["CoLA", "STS-B Pearson", "STS-B Spearman", "MNLI acc", "MNLI acc-mm"]
+    assert t.rows[0].avg == pytest.approx((50.0 + 90.0 + 80.0) / 3)
+
+
+def test_several_models_and_glob(results):
+    write_result(results, "full", "rte", 1, {"accuracy": 0.5}, trainable=1, stored=1, nbytes=1, model="m2")
+    assert {r.label for r in table_of(results).rows} == {"full (m)", "bitfit (m)", "lora-r8 (m)", "full (m2)"}
+    t = table_of(results, pattern="tiny/m/*/rte/*")
+    assert [c.label for c in t.columns] == ["RTE"] and {r.model for r in t.rows} == {"m"}
+
+
+def test_latex_booktabs(results):
+    tex = to_latex(table_of(results, refs=["roberta_base_lora"]))
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}{lrrrrrrr}"):
+        assert rule in tex
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    assert r"52.50$^\dagger$" in tex and r"\% trainable" in tex and r"\textit{published}" in tex
+    assert "—" not in tex and "†" not in tex
+
+
+def test_report_files_plot_and_determinism(results):
+    paths = report_from_config(cfg(results, references=["roberta_base_lora"]))
+    names = sorted(p.name for p in paths)
+    assert names == ["tiny.csv", "tiny.md", "tiny.pdf", "tiny.png", "tiny.tex"]
+    assert all(p.parent == results / "tables" for p in paths)
+    png = (results / "tables" / "tiny.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert (results / "tables" / "tiny.pdf").read_bytes().startswith(b"%PDF")
+    first = {p.name: p.read_bytes() for p in paths}
+    report_from_config(cfg(results, references=["roberta_base_lora"]))
+    again = {p.name: p.read_bytes() for p in paths}
+    assert first == again  # md, csv, tex and the plot: byte-identical reruns
+    assert not list((results / "tables").glob(".*.tmp"))
+
+
+def test_config_is_strict(results):
+    with pytest.raises(UserError, match="report.sprad"):
+        report_config({**cfg(results), "report": {"sprad": "std"}})
+    with pytest.raises(UserError, match="report.spread"):
+        report_config(cfg(results, spread="iqr"))
+    with pytest.raises(UserError, match="report.references"):
+        report_from_config(cfg(results, references=["nosuch"]))
+
+
+def test_cli_report(cli, results, tmp_path):
+    r = cli("report", f"results.dir={results}", "experiment=tiny")
+    assert r.exit_code == 0, r.output
+    assert str(results / "tables" / "tiny.md") in r.output and "bitfit" in r.output
+    assert (results / "tables" / "tiny.md").read_text() == GOLDEN
+    empty = cli("report", f"results.dir={tmp_path / 'none'}", "experiment=tiny")
+    assert empty.exit_code == 2 and "no completed result.json" in empty.output
+    bad = cli("report", f"results.dir={results}", "experiment=tiny", "report.spread=iqr")
+    assert bad.exit_code == 2 and "report.spread" in bad.output

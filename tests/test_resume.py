@@ -1,0 +1,171 @@
+"""Preemption and crash safety of one run.
+
+* A run stopped by SIGUSR1/SIGTERM (what SLURM sends before a time limit or preemption) and rerun
+  ends with exactly the metrics, history and weights of an uninterrupted run with the same seed.
+* `kill -9` mid-training, then rerunning the sweep: exactly one completed result per run.
+* A half-written result.json is never read as a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, tiny_overrides
+from peft_cli import results, train
+from peft_cli.assembly import run_folder
+from peft_cli.config import compose
+from peft_cli.train import Interrupted, train_run
+
+# tiny_glue: 48 train examples / batch 8 = 6 steps per epoch, 2 epochs = 12 steps
+STEPS_PER_EPOCH = 6
+
+
+def _signal_after(monkeypatch, stops: list[int], sig: int) -> list[int]:
+    """Make the process signal itself right after optimizer step `stops[0]` (then `stops[1]`, ...
+    counted across reruns), as SLURM would: the real handler and checkpoint path run."""
+    real_step = train._step
+    done = [0]
+
+    def step(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        done[0] += 1
+        if stops and done[0] == stops[0]:
+            stops.pop(0)
+            os.kill(os.getpid(), sig)
+        return loss
+
+    monkeypatch.setattr(train, "_step", step)
+    return done
+
+
+def _artifact(folder: Path) -> dict:
+    tensors, _ = results.load_tensors(folder / "artifact.safetensors")
+    return tensors
+
+
+def _assert_same_run(a: dict, b: dict, folder_a: Path, folder_b: Path) -> None:
+    import torch
+
+    assert a["status"] == b["status"] == "completed"
+    assert a["metrics"] == b["metrics"]  # exact, not approximate
+    assert a["history"] == b["history"]  # every epoch's validation metrics
+    assert (a["best_epoch"], a["steps"]) == (b["best_epoch"], b["steps"])
+    ta, tb = _artifact(folder_a), _artifact(folder_b)
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+    assert (folder_a / "predictions.tsv").read_text() == (folder_b / "predictions.tsv").read_text()
+
+
+@pytest.mark.parametrize("method, stops, sig", [
+    ("full", [3], signal.SIGUSR1),  # mid-epoch: resume replays the epoch's order without its first 3 batches
+    ("bitfit", [STEPS_PER_EPOCH], signal.SIGTERM),  # last step of epoch 0, before its validation pass
+    ("full", [2, 5], signal.SIGUSR1),  # stopped twice (step 2, then step 2+5=7, in epoch 1: after a best snapshot)
+])
+def test_resume_after_signal_equals_uninterrupted(tiny_glue, tmp_path, monkeypatch, method, stops, sig):
+    overrides = tiny_overrides(tiny_glue, tmp_path / "a", method=method, seed=7)
+    plain = train_run(compose(overrides))
+    folder_a = run_folder(compose(overrides))
+
+    cfg = compose(tiny_overrides(tiny_glue, tmp_path / "b", method=method, seed=7))
+    folder_b = run_folder(cfg)
+    n_stops = len(stops)
+    _signal_after(monkeypatch, stops, sig)
+    for _ in range(n_stops):
+        with pytest.raises(Interrupted):
+            train_run(cfg)
+        r = results.read_result(folder_b / "result.json")
+        assert r["status"] == "cancelled" and r["resumable"] is True
+        assert not results.is_completed(folder_b, cfg.config_hash())
+    resumed = train_run(cfg)
+
+    _assert_same_run(plain, resumed, folder_a, folder_b)
+    events = [json.loads(line) for line in (folder_b / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "resume"] == [3] if stops == [] else len(
+        [e for e in events if e.get("event") == "resume"]) == n_stops
+    assert not (folder_b / "checkpoint").exists()  # cleared once the run completed
+
+
+def test_periodic_checkpoint_does_not_change_the_run(tiny_glue, tmp_path):
+    """train.checkpoint_every only writes files; the run (and its config_hash) stay the same."""
+    a = train_run(compose(tiny_overrides(tiny_glue, tmp_path / "a", method="bitfit")))
+    b = train_run(compose(tiny_overrides(tiny_glue, tmp_path / "b", method="bitfit", **{"train.checkpoint_every": 2})))
+    assert a["config_hash"] == b["config_hash"]
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+
+
+def test_truncated_result_is_never_completed(tmp_path):
+    good = {"status": "completed", "experiment": "e", "model": "m", "task": "rte", "method": "full",
+            "method_tag": "full", "seed": 1, "metrics": {"validation": {}, "test": {"accuracy": 0.5}}, "score": 50.0,
+            "params": {}, "stored_bytes": 1, "time": {}, "config_hash": "abc", "versions": {}}
+    results.write_json(tmp_path / "result.json", good)
+    assert results.is_completed(tmp_path, "abc")
+    assert not results.is_completed(tmp_path, "other")  # a different config in the same folder
+    text = (tmp_path / "result.json").read_text()
+    for cut in (1, len(text) // 3, len(text) // 2, len(text) - 3):  # a writer killed at any point
+        (tmp_path / "result.json").write_text(text[:cut])
+        assert results.read_result(tmp_path / "result.json") is None
+        assert not results.is_completed(tmp_path, "abc")
+    (tmp_path / "result.json").write_text("")
+    assert results.read_result(tmp_path / "result.json") is None
+    results.write_json(tmp_path / "result.json", {k: v for k, v in good.items() if k != "score"})
+    assert results.read_result(tmp_path / "result.json") is None  # a required key missing
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_kill_9_then_sweep_completes_every_run_once(tiny_glue, tmp_path):
+    """SIGKILL gives train.py no chance to write anything: result.json stays 'running' (or is absent)
+    and a periodic checkpoint may be left behind. Rerunning the sweep must finish every run exactly
+    once, resuming the killed one, with the metrics of an uninterrupted run."""
+    from peft_cli.sweep import run_sweep
+
+    res = tmp_path / "res"
+    # many steps (max_steps over 2 epochs' worth of batches) so the kill lands mid-training
+    shared = ["sweep=test_tiny", f"data.glue_dir={tiny_glue}", f"results.dir={res}", "train.max_steps=12",
+              "train.log_every=1", "train.checkpoint_every=2"]
+    grid = ["sweep.tasks=[rte,mrpc]", "sweep.methods=[bitfit]", "sweep.seeds=[1]"]
+    victim = compose(tiny_overrides(tiny_glue, res, task="rte", method="bitfit", seed=1, experiment="test_tiny",
+                                    **{"train.max_steps": 12, "train.epochs": 2}))
+    folder = run_folder(victim)
+    proc = subprocess.Popen([sys.executable, "-m", "peft_cli.cli", "train", *tiny_overrides(
+        tiny_glue, res, task="rte", method="bitfit", seed=1, experiment="test_tiny",
+        **{"train.max_steps": 12, "train.log_every": 1, "train.checkpoint_every": 2})],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def trained_past_a_checkpoint() -> bool:
+        log = folder / "log.jsonl"
+        steps = [json.loads(x).get("step", 0) for x in log.read_text().splitlines()] if log.is_file() else []
+        return any(s >= 5 for s in steps) or proc.poll() is not None
+
+    _wait_for(trained_past_a_checkpoint, 240, "the run to reach step 5")
+    proc.kill()  # SIGKILL
+    proc.wait()
+    r = results.read_result(folder / "result.json")
+    assert r is not None and r["status"] == "running"  # what a killed run leaves behind
+
+    assert run_sweep(shared + grid, dry_run=False, retry_failed=False) == 0
+    found = list(results.iter_results(res))
+    assert sorted((r["task"], r["status"]) for _, r in found) == [("mrpc", "completed"), ("rte", "completed")]
+    log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" for e in log)  # it resumed from the periodic checkpoint
+    uninterrupted = train_run(compose(tiny_overrides(tiny_glue, tmp_path / "ref", task="rte", method="bitfit", seed=1,
+                                                     experiment="test_tiny", **{"train.max_steps": 12})))
+    assert results.read_result(folder / "result.json")["metrics"] == uninterrupted["metrics"]
+    assert run_sweep(shared + grid, dry_run=False, retry_failed=False) == 0  # nothing left to do
+    assert len(list(results.iter_results(res))) == 2
