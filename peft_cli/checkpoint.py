@@ -94,6 +94,10 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
             if state:
                 optimizer.state[p] = state
     scheduler.load_state_dict(meta["scheduler"])
+    # load_state_dict restores the schedule's position but not the lr the fresh optimizer holds
+    # (that of step 0): without this the first resumed step would use the warmup's first lr.
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr
     torch.set_rng_state(tensors["rng/cpu"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]

@@ -148,11 +148,15 @@ def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
 @app.command()
 @command
 def export(run_dir: Path = typer.Argument(..., help="a run folder"),
-           out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model")) -> None:
+           out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model"),
+           overrides: Optional[List[str]] = OVERRIDES) -> None:
     """Merged plain Hugging Face model; loading it needs no peftx."""
     from peft_cli.export import export_run
 
-    print(export_run(run_dir, out_dir))
+    r = export_run(run_dir, out_dir, _dotted(overrides))
+    check = r["logits_check"]
+    print(f"{run_dir} -> {out_dir}: {r['method_tag']} as a plain Hugging Face model; logits of "
+          f"{check['examples']} test examples within {check['max_abs_diff']:.1e} of the run's")
 
 
 if __name__ == "__main__":

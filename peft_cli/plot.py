@@ -37,25 +37,37 @@ def figure(table: Table):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     measured, published = plotted(table.rows), plotted(table.references)
+    xs = [math.log10(r.stored_pct) for r in measured + published]
+    mid = (min(xs, default=0.0) + max(xs, default=0.0)) / 2
+
+    def label(row: Row, text: str, area: float, **kw) -> None:
+        # beside the marker's edge (radius ~ sqrt(area)/2 points), towards the plot's centre
+        d = math.sqrt(area) / 2 + 2
+        right = math.log10(row.stored_pct) <= mid
+        ax.annotate(text, (row.stored_pct, row.avg), xytext=(d if right else -d, 0), textcoords="offset points",
+                    ha="left" if right else "right", va="center", fontsize=7, **kw)
+
     for i, (row, area) in enumerate(zip(measured, areas(measured))):
         ax.scatter([row.stored_pct], [row.avg], s=area, color=f"C{i % 10}", alpha=0.85, edgecolors="black",
                    linewidths=0.5, zorder=3)
-        ax.annotate(row.label, (row.stored_pct, row.avg), xytext=(5, 4), textcoords="offset points", fontsize=7)
+        label(row, row.label, area)
     for row in published:
         ax.scatter([row.stored_pct], [row.avg], s=PUBLISHED_AREA, marker="D", facecolors="none", edgecolors="black",
                    linewidths=1.0, zorder=3)
-        ax.annotate(f"{row.label} [{row.note}], published", (row.stored_pct, row.avg), xytext=(5, -9),
-                    textcoords="offset points", fontsize=7, style="italic")
+        label(row, f"{row.label} [{row.note}], published", PUBLISHED_AREA, style="italic")
     if measured or published:
         ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.1)
     else:
         ax.text(0.5, 0.5, "no row has a score on every task", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("% stored parameters per task (log scale, task head excluded)")
     ax.set_ylabel(f"Avg score over {len(table.tasks)} tasks (%)")
     ax.set_title(f"{table.experiment}: Avg vs stored fraction", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.text(0.99, 0.01, "marker area ~ log(bytes stored per task); hollow: published", ha="right", va="bottom",
-            fontsize=6, color="0.4", transform=ax.transAxes)
+    left_out = [r.label for r in table.rows if r not in measured]
+    note = "marker area ~ log(bytes stored per task); hollow: published" + (
+        f"\nnot drawn (no Avg): {', '.join(left_out)}" if left_out else "")
+    ax.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.4", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 

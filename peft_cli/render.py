@@ -180,9 +180,13 @@ def print_table(table: Table) -> None:
 
     t = RichTable(title=escape(caption(table)), caption=escape("\n".join(notes(table))), caption_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
+    body = grid(table)
     for i, h in enumerate(header(table)):
-        t.add_column(escape(h), justify="left" if i == 0 else "right", no_wrap=i == 0, overflow="fold")
-    for cs in grid(table):
+        # numbers never fold; a long method label folds when the terminal is narrow
+        width = max((len(cs[i]) for cs in body if cs is not None), default=1)
+        t.add_column(escape(h), justify="left" if i == 0 else "right", overflow="fold",
+                     min_width=None if i == 0 else width)
+    for cs in body:
         if cs is None:
             t.add_section()
             t.add_row("[italic]published[/italic]")

@@ -160,6 +160,7 @@ def load_task(name: str) -> TaskConfig:
 def collect(results_dir: str | Path, pattern: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Completed results under runs/<pattern>, and how many result.json files were skipped, by
     status (a file that is unreadable, half-written or lacks keys counts as 'unreadable')."""
+    # globbed here rather than through results.iter_results, which silently drops unreadable files
     counts = Counter({s: 0 for s in (*STATUSES, "unreadable")})
     done: list[dict[str, Any]] = []
     for path in sorted((Path(results_dir) / "runs").glob(f"{pattern}/result.json")):
@@ -185,6 +186,11 @@ def _well_formed(r: dict[str, Any]) -> bool:
 # aggregation (pure)
 
 
+# header suffix when a task shows several metrics ("MRPC F1")
+METRIC_LABELS = {"accuracy": "acc", "accuracy_mm": "acc-mm", "f1": "F1", "matthews_correlation": "MCC",
+                 "pearson": "Pearson", "spearmanr": "Spearman"}
+
+
 def columns_for(tasks: list[TaskConfig]) -> list[Column]:
     out = []
     for t in tasks:
@@ -194,16 +200,17 @@ def columns_for(tasks: list[TaskConfig]) -> list[Column]:
     return out
 
 
-METRIC_LABELS = {"accuracy": "acc", "accuracy_mm": "acc-mm", "f1": "F1", "matthews_correlation": "MCC",
-                 "pearson": "Pearson", "spearmanr": "Spearman"}
-
-
 def order_tasks(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (GLUE_ORDER.index(n) if n in GLUE_ORDER else len(GLUE_ORDER), n))
 
 
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
+
+
+def _pct(runs: list[dict[str, Any]], key: str) -> float | None:
+    """Median over runs of params[key] / params.backbone, in percent."""
+    return _median([100.0 * r["params"][key] / r["params"]["backbone"] for r in runs])
 
 
 def _avg(scores: dict[str, Cell], tasks: list[TaskConfig]) -> float | None:
@@ -239,11 +246,10 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
                     cells[(t.name, m)] = Cell(vals)
         scores = {t.name: Cell([float(r["score"]) for r in rs if r["task"] == t.name])
                   for t in tasks if any(r["task"] == t.name for r in rs)}
-        pct = lambda key: _median([100.0 * r["params"][key] / r["params"]["backbone"] for r in rs])  # noqa: E731
         label = tag + (f" ({model})" if several_models else "") + (f" [{protocol}]" if several_protocols else "")
         rows.append(Row(label=label, published=False, model=model, method_tag=tag, protocol=protocol,
-                        cells=cells, scores=scores, avg=_avg(scores, tasks), trainable_pct=pct("trainable"),
-                        stored_pct=pct("stored"), bytes_per_task=_median([float(r["stored_bytes"]) for r in rs]),
+                        cells=cells, scores=scores, avg=_avg(scores, tasks), trainable_pct=_pct(rs, "trainable"),
+                        stored_pct=_pct(rs, "stored"), bytes_per_task=_median([float(r["stored_bytes"]) for r in rs]),
                         task_bytes={t.name: _median([float(r["stored_bytes"]) for r in rs if r["task"] == t.name])
                                     for t in tasks if t.name in scores}))
     # paper order: the most stored first (full fine-tuning), ties by tag
@@ -256,12 +262,15 @@ def reference_rows(refs: list[Reference], tasks: list[TaskConfig]) -> list[Row]:
         for rr in ref.rows:
             cells = {(t, m): Cell([v]) for t, ms in rr.scores.items() for m, v in ms.items()}
             scores = {t.name: cells[(t.name, t.headline)] for t in tasks if (t.name, t.headline) in cells}
-            pct = lambda n: None if n is None else 100.0 * n / ref.backbone  # noqa: E731
             rows.append(Row(label=f"{rr.label} ({ref.model})", published=True, model=ref.model,
                             method_tag=rr.label, protocol=ref.protocol, cells=cells, scores=scores,
-                            avg=_avg(scores, tasks), trainable_pct=pct(rr.trainable), stored_pct=pct(rr.stored),
-                            bytes_per_task=None, runs=ref.runs, note=i + 1, published_avg=rr.avg))
+                            avg=_avg(scores, tasks), trainable_pct=_ref_pct(rr.trainable, ref),
+                            stored_pct=_ref_pct(rr.stored, ref), bytes_per_task=None, runs=ref.runs, note=i + 1, published_avg=rr.avg))
     return rows
+
+
+def _ref_pct(n: int | None, ref: Reference) -> float | None:
+    return None if n is None else 100.0 * n / ref.backbone
 
 
 def build_table(experiment: str, runs: list[dict[str, Any]], counts: dict[str, int], refs: list[Reference],

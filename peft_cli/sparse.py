@@ -149,26 +149,30 @@ class _SparseEmbedding(torch.autograd.Function):
     """out = W[ids] (W holds the values); grad only for the selected entries of rows in the batch."""
 
     @staticmethod
-    def forward(ctx, ids: Tensor, values: Tensor, weight: Tensor, row: Tensor, col: Tensor,
+    def forward(ctx, ids: Tensor, values: Tensor, weight: Tensor, crow: Tensor, col: Tensor,
                 padding_idx: int | None) -> Tensor:  # fmt: skip
         ctx.padding_idx, ctx.vdtype = padding_idx, values.dtype
-        ctx.save_for_backward(ids, row, col)
+        ctx.save_for_backward(ids, crow, col)
         return F.embedding(ids, weight, padding_idx)
 
     @staticmethod
     def backward(ctx, gout: Tensor):
-        ids, row, col = ctx.saved_tensors
+        ids, crow, col = ctx.saved_tensors
         gv = None
         if ctx.needs_input_grad[1]:
-            d = gout.shape[-1]
-            uniq, inv = torch.unique(ids.reshape(-1), return_inverse=True)  # (U,), (N,)
-            G = torch.zeros(uniq.numel(), d, dtype=torch.float32, device=gout.device)
-            G.index_add_(0, inv, gout.reshape(-1, d).float())  # (U, D): grad of each row present
-            p = torch.searchsorted(uniq, row).clamp_(max=uniq.numel() - 1)  # (k,) candidate slot in G
-            hit = uniq[p] == row  # entry's row occurs in the batch
+            ids = ids.reshape(-1)  # (N,)
+            g2 = gout.reshape(ids.numel(), -1)  # (N, D)
+            start = crow[ids]  # (N,) first selected entry of each token's row
+            cnt = crow[ids + 1] - start  # (N,) selected entries in that row (~k_i/V, mostly 0..10)
             if ctx.padding_idx is not None:
-                hit &= row != ctx.padding_idx  # native embedding: no grad for the padding row
-            gv = torch.where(hit, G.view(-1)[p * d + col], 0.0).to(ctx.vdtype)
+                cnt = cnt.masked_fill(ids == ctx.padding_idx, 0)  # native: no grad for the padding row
+            tok = torch.repeat_interleave(torch.arange(ids.numel(), device=ids.device), cnt)  # (M,) token per pair
+            first = torch.cumsum(cnt, 0) - cnt  # (N,) offset of each token's run in the M pairs
+            ent = (start - first).repeat_interleave(cnt) + torch.arange(tok.numel(), device=ids.device)  # (M,)
+            # (token, entry) pairs: M ~ N * k_i / V; a repeated token id adds into the same entry
+            gv = torch.zeros(col.numel(), dtype=torch.float32, device=gout.device)
+            gv.index_add_(0, ent, g2[tok, col[ent]].float())
+            gv = gv.to(ctx.vdtype)
         return None, gv, None, None, None, None
 
 
@@ -206,7 +210,7 @@ def _embedding_forward(self: nn.Embedding, ids: Tensor) -> Tensor:
     v = _sync(sv, i, self.weight)
     if not (torch.is_grad_enabled() and v.requires_grad):
         return F.embedding(ids, self.weight, self.padding_idx)
-    return _SparseEmbedding.apply(ids, v, self.weight, sv.buf(i, "row"), sv.buf(i, "col"), self.padding_idx)
+    return _SparseEmbedding.apply(ids, v, self.weight, sv.buf(i, "crow"), sv.buf(i, "col"), self.padding_idx)
 
 
 def _swap_in(module: nn.Module, args: tuple) -> None:
@@ -356,17 +360,15 @@ def attach(model: nn.Module, indices: dict[str, Tensor]) -> SparseValues:
         if type(m) is nn.Embedding and a == "weight":
             if m.max_norm is not None or m.sparse or m.scale_grad_by_freq:
                 raise UserError(f"mask entry {name!r}: Embedding with max_norm/sparse/scale_grad_by_freq is not supported")
-            d = p.shape[1]
-            sv.register_buffer(f"{key}__row", idx // d, persistent=False)
-            sv.register_buffer(f"{key}__col", idx % d, persistent=False)
             st.weight_slot = i
         elif type(m) is nn.Linear and a == "weight":
-            out_f, in_f = p.shape
-            crow = torch.zeros(out_f + 1, dtype=torch.int64, device=p.device)
-            crow[1:] = torch.bincount(idx // in_f, minlength=out_f).cumsum(0)  # CSR row pointers
-            sv.register_buffer(f"{key}__crow", crow, persistent=False)
-            sv.register_buffer(f"{key}__col", idx % in_f, persistent=False)
             st.weight_slot = i
+        if st.weight_slot == i:  # CSR pattern of the selected entries: row pointers + column of each entry
+            rows, cols = p.shape
+            crow = torch.zeros(rows + 1, dtype=torch.int64, device=p.device)
+            crow[1:] = torch.bincount(idx // cols, minlength=rows).cumsum(0)
+            sv.register_buffer(f"{key}__crow", crow, persistent=False)
+            sv.register_buffer(f"{key}__col", idx % cols, persistent=False)
         else:
             st.generic[a] = i
         p.requires_grad_(False)

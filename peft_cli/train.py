@@ -193,7 +193,12 @@ def _fit(cfg, a: Assembled, model, out: Path, chash: str, device, bf16: bool, lo
             # The epoch's order is a function of (seed, epoch) alone, so a resumed run replays it.
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + state.epoch)
             order = torch.randperm(len(a.data.train), generator=gen)
-            for batch in a.data.train.loader(cfg.train.batch_size, order, skip=state.step_in_epoch):
+            loader = a.data.train.loader(cfg.train.batch_size, order, skip=state.step_in_epoch)
+            # iter(DataLoader) draws a seed from the global RNG; a resumed run makes one more draw in
+            # the epoch it resumes, which would shift every later dropout mask. Keep the draw off it.
+            with torch.random.fork_rng(devices=[]):
+                batches = iter(loader)
+            for batch in batches:
                 if state.step >= total:  # max_steps reached mid-epoch (or a run resumed right there)
                     break
                 loss = _step(cfg, model, params, to_device(batch, device), opt, sched, device, bf16)

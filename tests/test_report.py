@@ -5,6 +5,7 @@ determinism and the CLI."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import statistics
@@ -17,7 +18,8 @@ from peft_cli.reference import load_reference
 from peft_cli.render import to_csv, to_latex, to_markdown
 from peft_cli.report import Cell, build_table, collect, report_config, report_from_config
 
-HEADLINE = {"rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson", "mnli": "accuracy", "cola": "matthews_correlation"}
+HEADLINE = {"rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson", "mnli": "accuracy",
+            "cola": "matthews_correlation"}
 
 
 def write_result(root: Path, tag: str, task: str, seed: int, metrics: dict[str, float], *, trainable: int,
@@ -35,30 +37,29 @@ def write_result(root: Path, tag: str, task: str, seed: int, metrics: dict[str, 
     return d
 
 
-def write_runs(tmp_path: Path) -> Path:
+def write_runs(root: Path, experiment: str = "tiny") -> Path:
     """full: rte 60/70/65, mrpc acc 80/82/84 f1 85/88/86 (3 seeds); bitfit: rte 50/55 (2 seeds),
     mrpc 70/74/72, 80/81/79; lora: rte only, 61/62/63. Plus one failed, one running, one
     half-written result.json."""
-    full = dict(trainable=1000, stored=1000, nbytes=4100)
+    put = functools.partial(write_result, root, experiment=experiment)
+    full, bitfit, lora = (dict(trainable=1000, stored=1000, nbytes=4100), dict(trainable=10, stored=10, nbytes=140),
+                          dict(trainable=5, stored=5, nbytes=1234))
     for seed, acc in zip((1, 2, 3), (0.60, 0.70, 0.65)):
-        write_result(tmp_path, "full", "rte", seed, {"accuracy": acc}, **full)
+        put("full", "rte", seed, {"accuracy": acc}, **full)
     for seed, acc, f1 in zip((1, 2, 3), (0.80, 0.82, 0.84), (0.85, 0.88, 0.86)):
-        write_result(tmp_path, "full", "mrpc", seed, {"accuracy": acc, "f1": f1}, **full)
-    bitfit = dict(trainable=10, stored=10, nbytes=140)
+        put("full", "mrpc", seed, {"accuracy": acc, "f1": f1}, **full)
     for seed, acc in zip((1, 2), (0.50, 0.55)):
-        write_result(tmp_path, "bitfit", "rte", seed, {"accuracy": acc}, **bitfit)
+        put("bitfit", "rte", seed, {"accuracy": acc}, **bitfit)
     for seed, acc, f1 in zip((1, 2, 3), (0.70, 0.74, 0.72), (0.80, 0.81, 0.79)):
-        write_result(tmp_path, "bitfit", "mrpc", seed, {"accuracy": acc, "f1": f1}, **bitfit)
+        put("bitfit", "mrpc", seed, {"accuracy": acc, "f1": f1}, **bitfit)
     for seed, acc in zip((1, 2, 3), (0.61, 0.62, 0.63)):
-        write_result(tmp_path, "lora-r8", "rte", seed, {"accuracy": acc}, trainable=5, stored=5, nbytes=1234)
+        put("lora-r8", "rte", seed, {"accuracy": acc}, **lora)
     # not completed: never in the table, but counted
-    write_result(tmp_path, "bitfit", "rte", 3, {"accuracy": 0.99}, **bitfit, status="failed")
-    write_result(tmp_path, "lora-r8", "mrpc", 1, {"accuracy": 0.99, "f1": 0.99}, trainable=5, stored=5, nbytes=1,
-                 status="running")
-    half = write_result(tmp_path, "lora-r8", "mrpc", 2, {"accuracy": 0.99, "f1": 0.99}, trainable=5, stored=5, nbytes=1)
-    text = (half / "result.json").read_text()
-    (half / "result.json").write_text(text[: len(text) // 2])
-    return tmp_path
+    put("bitfit", "rte", 3, {"accuracy": 0.99}, **bitfit, status="failed")
+    put("lora-r8", "mrpc", 1, {"accuracy": 0.99, "f1": 0.99}, **lora, status="running")
+    half = put("lora-r8", "mrpc", 2, {"accuracy": 0.99, "f1": 0.99}, **lora) / "result.json"
+    half.write_text(half.read_text()[:150])  # a half-written file
+    return root
 
 
 @pytest.fixture
@@ -192,6 +193,10 @@ def test_several_models_and_glob(results):
     assert {r.label for r in table_of(results).rows} == {"full (m)", "bitfit (m)", "lora-r8 (m)", "full (m2)"}
     t = table_of(results, pattern="tiny/m/*/rte/*")
     assert [c.label for c in t.columns] == ["RTE"] and {r.model for r in t.rows} == {"m"}
+    # the same run twice (e.g. a glob over two experiments) would count a seed twice: refused
+    write_result(results, "full", "rte", 1, {"accuracy": 0.5}, trainable=1, stored=1, nbytes=1, experiment="other")
+    with pytest.raises(UserError, match="two completed runs of m/full/holdout/rte/1"):
+        table_of(results, pattern="*/m/*/*/*")
 
 
 def test_latex_booktabs(results):
@@ -227,12 +232,15 @@ def test_config_is_strict(results):
         report_from_config(cfg(results, references=["nosuch"]))
 
 
-def test_cli_report(cli, results, tmp_path):
-    r = cli("report", f"results.dir={results}", "experiment=tiny")
+def test_cli_report(cli, tmp_path):
+    # `experiment=NAME` selects conf/experiment/NAME.yaml, which sets the `experiment` key; only
+    # `default` exists in conf/ here, so the runs are written under that experiment
+    results = write_runs(tmp_path / "res", experiment="default")
+    r = cli("report", f"results.dir={results}", "experiment=default")
     assert r.exit_code == 0, r.output
-    assert str(results / "tables" / "tiny.md") in r.output and "bitfit" in r.output
-    assert (results / "tables" / "tiny.md").read_text() == GOLDEN
-    empty = cli("report", f"results.dir={tmp_path / 'none'}", "experiment=tiny")
+    assert str(results / "tables" / "default.md") in r.output and "bitfit" in r.output  # paths + console table
+    assert (results / "tables" / "default.md").read_text() == GOLDEN.replace("Experiment tiny", "Experiment default")
+    empty = cli("report", f"results.dir={tmp_path / 'none'}", "experiment=default")
     assert empty.exit_code == 2 and "no completed result.json" in empty.output
-    bad = cli("report", f"results.dir={results}", "experiment=tiny", "report.spread=iqr")
+    bad = cli("report", f"results.dir={results}", "report.spread=iqr")
     assert bad.exit_code == 2 and "report.spread" in bad.output

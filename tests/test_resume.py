@@ -29,8 +29,8 @@ STEPS_PER_EPOCH = 6
 
 
 def _signal_after(monkeypatch, stops: list[int], sig: int) -> list[int]:
-    """Make the process signal itself right after optimizer step `stops[0]` (then `stops[1]`, ...
-    counted across reruns), as SLURM would: the real handler and checkpoint path run."""
+    """Make the process signal itself right after global optimizer step `stops[0]` (then `stops[1]`,
+    ...; calls count across reruns), as SLURM would: the real handler and checkpoint path run."""
     real_step = train._step
     done = [0]
 
@@ -68,7 +68,7 @@ def _assert_same_run(a: dict, b: dict, folder_a: Path, folder_b: Path) -> None:
 @pytest.mark.parametrize("method, stops, sig", [
     ("full", [3], signal.SIGUSR1),  # mid-epoch: resume replays the epoch's order without its first 3 batches
     ("bitfit", [STEPS_PER_EPOCH], signal.SIGTERM),  # last step of epoch 0, before its validation pass
-    ("full", [2, 5], signal.SIGUSR1),  # stopped twice (step 2, then step 2+5=7, in epoch 1: after a best snapshot)
+    ("full", [2, 9], signal.SIGUSR1),  # stopped twice; step 9 is in epoch 1, after the best-epoch snapshot
 ])
 def test_resume_after_signal_equals_uninterrupted(tiny_glue, tmp_path, monkeypatch, method, stops, sig):
     overrides = tiny_overrides(tiny_glue, tmp_path / "a", method=method, seed=7)
@@ -78,6 +78,7 @@ def test_resume_after_signal_equals_uninterrupted(tiny_glue, tmp_path, monkeypat
     cfg = compose(tiny_overrides(tiny_glue, tmp_path / "b", method=method, seed=7))
     folder_b = run_folder(cfg)
     n_stops = len(stops)
+    resume_steps = list(stops)  # `_step` calls count across reruns = the global step (nothing is replayed)
     _signal_after(monkeypatch, stops, sig)
     for _ in range(n_stops):
         with pytest.raises(Interrupted):
@@ -89,8 +90,7 @@ def test_resume_after_signal_equals_uninterrupted(tiny_glue, tmp_path, monkeypat
 
     _assert_same_run(plain, resumed, folder_a, folder_b)
     events = [json.loads(line) for line in (folder_b / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in events if e.get("event") == "resume"] == [3] if stops == [] else len(
-        [e for e in events if e.get("event") == "resume"]) == n_stops
+    assert [e["step"] for e in events if e.get("event") == "resume"] == resume_steps
     assert not (folder_b / "checkpoint").exists()  # cleared once the run completed
 
 
