@@ -107,6 +107,16 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
     return Progress(**meta["progress"]), best
 
 
+def saved_step(run: Path, config_hash: str) -> int | None:
+    """The step a rerun of this config would resume at, or None (no usable checkpoint). Reads only
+    the JSON, so sweeps can report it for hundreds of runs without touching tensors."""
+    try:
+        meta = json.loads((_dir(run) / "state.json").read_text())
+        return int(meta["progress"]["step"]) if meta.get("config_hash") == config_hash else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def clear(run: Path) -> None:
     d = _dir(run)
     for name in ("state.json", "state.safetensors"):

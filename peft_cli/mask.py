@@ -46,7 +46,7 @@ SCOPES = ("global", "per_tensor")
 MODULE_TYPES = ("embeddings", "attention", "ffn", "layernorm", "bias", "other")
 
 _CHUNK = 1 << 22  # entries per streamed chunk (16 MB of int32 keys); any value gives the same mask
-_RAND_BLOCK = 1 << 20  # random scores are drawn per (seed, tensor position, block): chunk-independent
+_RAND_BLOCK = 1 << 20  # random keys are drawn per (seed, tensor position, block): chunk-independent
 _CAND_CAP = 1 << 22  # max entries in the threshold bucket to resolve in memory (else a third pass)
 _NBUCKET = 1 << 16  # 16 key bits per radix level
 _I32_MAX = (1 << 31) - 1
@@ -179,63 +179,82 @@ def _bucket(hist: Tensor, k: int) -> tuple[int, int]:
 
 
 def _select_k(keys: _Keys, names: list[str], k: int) -> dict[str, Tensor]:
-    """The k smallest keys over `names` (ties: lower tensor then lower index) -> sorted int32 indices."""
+    """The k smallest keys over `names` (ties: lower tensor then lower index) -> sorted int32 indices.
+
+    Everything that outlives a chunk (results, candidates) goes into buffers sized before the
+    chunk loop: interleaving small long-lived tensors with the chunk temporaries fragments the
+    heap (measured: +3 GB RSS on roberta-large), a fixed set of buffers does not."""
     if k <= 0:
         return {}
     # pass 1: histogram of the top 16 bits; (key >> 16) in [-2^15, 2^15) -> shift to [0, 2^16)
-    hist = 0  # (2^16,) int64 on the keys' device after the first chunk
+    hist = None  # (2^16,) int64, on the keys' device
     for _, _, key in keys.chunks(names, check=True):
-        hist = hist + torch.bincount((key >> 16).add_(1 << 15), minlength=_NBUCKET)
+        h = torch.bincount((key >> 16).add_(1 << 15), minlength=_NBUCKET)
+        hist = h if hist is None else hist.add_(h)
     b, below = _bucket(hist, k)
     lo = (b - (1 << 15)) << 16  # smallest key in bucket b
     hi = lo + 0xFFFF  # largest key in bucket b
     need = k - below  # entries to take from bucket b, >= 1
+    dev = hist.device
 
-    out: dict[int, list[Tensor]] = {}
-    if int(hist[b]) <= _CAND_CAP:
-        # pass 2: keys < lo are in; bucket-b entries are candidates, resolved in memory
-        cj, ci, ck = [], [], []  # candidates: tensor number, flat index, key
+    def put(buf: Tensor, pos: int, src: Tensor) -> int:
+        buf[pos : pos + src.numel()] = src  # int64 -> int32 on copy
+        return pos + src.numel()
+
+    spans: list[tuple[int, int]] = []  # per tensor: [start, end) of its entries in `buf`
+    nb = int(hist[b])
+    if nb <= _CAND_CAP:
+        # pass 2: keys < lo are in (`buf`); the nb bucket-b entries are candidates, resolved below
+        buf = torch.empty(below, dtype=torch.int32, device=dev)  # (below,) flat indices
+        cidx = torch.empty(nb, dtype=torch.int32, device=dev)  # (nb,) candidates' flat indices
+        ckey = torch.empty(nb, dtype=torch.int32, device=dev)  # (nb,) their keys
+        cspans: list[tuple[int, int]] = []
+        p = q = 0
         for j, off, key in keys.chunks(names):
+            while len(spans) <= j:
+                spans.append((p, p))
+                cspans.append((q, q))
             idx = torch.nonzero(key <= hi).squeeze(1)  # (m,) int64, ascending
-            if idx.numel() == 0:
-                continue
-            kv = key[idx]
-            inb = kv >= lo
-            out.setdefault(j, []).append((idx[~inb] + off).to(torch.int32))
-            if inb.any():
-                ci.append(idx[inb] + off)
-                ck.append(kv[inb])
-                cj.append(torch.full_like(ci[-1], j))
-        ck_, cj_, ci_ = torch.cat(ck), torch.cat(cj), torch.cat(ci)  # concat order = (tensor, index)
-        win = torch.sort(ck_, stable=True).indices[:need]  # stable: ties keep (tensor, index) order
-        wj, wi = cj_[win], ci_[win]
-        for j in wj.unique().tolist():
-            out.setdefault(j, []).append(wi[wj == j].to(torch.int32))
-    else:
-        # pass 2': histogram of the low 16 bits inside bucket b -> exact threshold key t
-        hist2 = 0
-        for _, _, key in keys.chunks(names):
-            sel = key[(key >= lo) & (key <= hi)]
-            if sel.numel():
-                hist2 = hist2 + torch.bincount(sel.sub_(lo), minlength=_NBUCKET)
-        b2, below2 = _bucket(hist2, need)
-        t, ties = lo + b2, need - below2  # take all keys < t and the first `ties` keys == t
-        # pass 3: collect
-        for j, off, key in keys.chunks(names):
-            m = key < t
-            if ties > 0:
-                eq = torch.nonzero(key == t).squeeze(1)[:ties]
-                m[eq] = True
-                ties -= eq.numel()
-            idx = torch.nonzero(m).squeeze(1)
             if idx.numel():
-                out.setdefault(j, []).append((idx + off).to(torch.int32))
-    res = {}
-    for j in sorted(out):
-        parts = [p for p in out[j] if p.numel()]
-        if parts:
-            res[names[j]] = torch.sort(torch.cat(parts)).values
-    return res
+                kv = key[idx]
+                inb = kv >= lo
+                p = put(buf, p, idx[~inb] + off)
+                c = idx[inb]
+                ckey[q : q + c.numel()] = kv[inb]
+                q = put(cidx, q, c + off)
+            spans[j], cspans[j] = (spans[j][0], p), (cspans[j][0], q)
+        assert p == below and q == nb, (p, below, q, nb)
+        win = torch.zeros(nb, dtype=torch.bool, device=dev)
+        win[torch.sort(ckey, stable=True).indices[:need]] = True  # stable: ties keep (tensor, index) order
+        res = {}
+        for j, ((p0, p1), (q0, q1)) in enumerate(zip(spans, cspans)):
+            sel = torch.cat([buf[p0:p1], cidx[q0:q1][win[q0:q1]]])
+            if sel.numel():
+                res[names[j]] = torch.sort(sel).values
+        return res
+    # pass 2': histogram of the low 16 bits inside bucket b -> exact threshold key t
+    hist2 = torch.zeros(_NBUCKET, dtype=torch.int64, device=dev)
+    for _, _, key in keys.chunks(names):
+        sel = key[(key >= lo) & (key <= hi)]
+        if sel.numel():
+            hist2.add_(torch.bincount(sel.sub_(lo), minlength=_NBUCKET))
+    b2, below2 = _bucket(hist2, need)
+    t, ties = lo + b2, need - below2  # take all keys < t and the first `ties` keys == t
+    # pass 3: collect into one (k,) buffer
+    buf = torch.empty(k, dtype=torch.int32, device=dev)
+    p = 0
+    for j, off, key in keys.chunks(names):
+        while len(spans) <= j:
+            spans.append((p, p))
+        m = key < t
+        if ties > 0:
+            eq = torch.nonzero(key == t).squeeze(1)[:ties]
+            m[eq] = True
+            ties -= eq.numel()
+        p = put(buf, p, torch.nonzero(m).squeeze(1) + off)
+        spans[j] = (spans[j][0], p)
+    assert p == k, (p, k)
+    return {names[j]: buf[p0:p1].clone() for j, (p0, p1) in enumerate(spans) if p1 > p0}
 
 
 @torch.no_grad()

@@ -22,10 +22,11 @@ How v reaches the forward, and why (three paths, picked per masked tensor at att
   ~30x faster than the dense weight-grad GEMM at density 0.005 (3072x768, 1024 tokens:
   0.7 ms vs 25 ms). Devices whose sampled_addmm fails fall back to a chunked gather
   (memory ~ chunk x N). Selected grads are accumulated in fp32 (bf16 autocast included).
-* `nn.Embedding.weight`: `_SparseEmbedding`'s backward sums gout over repeated token ids
-  (unique + index_add, (U, D) with U <= tokens) and reads the selected entries of the rows
-  present in the batch (searchsorted); the padding row gets zero grad like native
-  F.embedding. Cost O(tokens*D + k_i), no (vocab, D) gradient.
+* `nn.Embedding.weight`: `_SparseEmbedding`'s backward expands each token into the selected
+  entries of its row (CSR over vocab rows: ~k_i/V entries per token), gathers gout at those
+  (token, column) pairs and index_adds them into the (k_i,) grad, so repeated ids accumulate
+  and nothing of size (vocab, D), or even (tokens, D), is formed: O(tokens * k_i/V + k_i).
+  The padding row gets zero grad, like native F.embedding.
 * anything else (LayerNorm weight/bias, Linear biases, other modules' tensors): a forward
   pre-hook puts W_eff = W.index_put(idx, v) (plain autograd) in the module's `_parameters`
   for the duration of its call, and a post-hook (always_call) puts W back. These tensors are
@@ -125,9 +126,10 @@ class _SparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, weight: Tensor, bias: Tensor | None,
                 crow: Tensor, col: Tensor, dtype: torch.dtype) -> Tensor:  # fmt: skip
-        ctx.weight, ctx.dtype, ctx.has_bias = weight, dtype, bias is not None
+        wc = weight if weight.dtype == dtype else weight.to(dtype)  # autocast's cast, kept for grad_input like native
+        ctx.weight, ctx.has_bias = wc, bias is not None
         ctx.save_for_backward(x, crow, col)
-        return F.linear(x, weight if weight.dtype == dtype else weight.to(dtype), bias)
+        return F.linear(x, wc, bias)
 
     @staticmethod
     def backward(ctx, gout: Tensor):
@@ -136,10 +138,9 @@ class _SparseLinear(torch.autograd.Function):
         with torch.autocast(gout.device.type, enabled=False):
             g2 = gout.reshape(-1, gout.shape[-1])  # (N, out)
             if ctx.needs_input_grad[0]:
-                w = ctx.weight
-                gx = gout @ (w if w.dtype == gout.dtype else w.to(gout.dtype))  # (..., in)
+                gx = gout @ ctx.weight.to(gout.dtype)  # (..., in), dense like BitFit's
             if ctx.needs_input_grad[1]:
-                gv = _selected_grad(g2, x.reshape(-1, x.shape[-1]), crow, col).to(ctx.weight.dtype)  # (k,)
+                gv = _selected_grad(g2, x.reshape(-1, x.shape[-1]), crow, col)  # (k,) fp32; autograd casts to v's dtype
             if ctx.has_bias and ctx.needs_input_grad[3]:
                 gb = g2.sum(0)
         return gx, gv, None, gb, None, None, None
@@ -195,7 +196,7 @@ def _linear_forward(self: nn.Linear, x: Tensor) -> Tensor:
     if not (torch.is_grad_enabled() and v.requires_grad):
         return F.linear(x, w, self.bias)  # eval: the plain op (autocast applies as usual)
     amp = _amp_dtype(x)  # autocast is off inside the Function: cast like F.linear would
-    dt = amp or x.dtype
+    dt = amp or w.dtype  # no autocast: a dtype mismatch fails in F.linear, as natively
     b = self.bias
     if amp is not None:
         x = x.to(dt)

@@ -20,6 +20,11 @@ FFN_IN_BIAS = r"\.intermediate\.dense\.bias$"
 def _setup(model: str = "tiny-random", **method: object):
     cfg = compose([f"model={model}", "method=hiwi", *(f"method.{k}={v}" for k, v in method.items())])
     base = load_model(cfg.model, cfg.task).eval()
+    with torch.no_grad():  # random init zeroes biases; pre-trained ones are not (and p = 0 starves W_down)
+        g = torch.Generator().manual_seed(2)
+        for n, p in backbone_parameters(base).items():
+            if n.endswith(".bias"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
     ctx = MethodContext(model, "fp", Path("unused"), cfg.mask, 0, torch.device("cpu"))
     return cfg, base, (lambda: build_method(cfg.method, ctx))
 
@@ -30,10 +35,11 @@ def _inputs() -> dict[str, torch.Tensor]:
 
 
 def _perturb(model: torch.nn.Module) -> None:
-    """Stand-in for training: move every adapter parameter off its init (W_up off zero)."""
+    """Stand-in for training: move every adapter parameter off its init (W_up off zero). The head
+    is the harness's (stored apart), so it stays as in `base`."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in model.parameters():
+        for n, p in backbone_parameters(model).items():
             if p.requires_grad:
                 p.add_(0.2 * torch.randn(p.shape, generator=g))
 
@@ -81,8 +87,7 @@ def test_gradients_reach_adapter_through_frozen_p():
     assert originals and all(not named[n].requires_grad and named[n].grad is None for n in originals)
     adapters = [n for n, p in named.items() if p.requires_grad and n.startswith("bert.")]
     assert adapters and all(named[n].grad is not None and named[n].grad.abs().sum() > 0 for n in adapters)
-    # trainable = the adapters only (the head is the harness's to enable)
-    assert {n for n, p in named.items() if p.requires_grad} == set(adapters)
+    assert {n for n, p in backbone_parameters(prepared).items() if p.requires_grad} == set(adapters)
 
 
 def test_weight_targets_work_along_the_input_dimension():
@@ -104,12 +109,12 @@ def test_shared_adapter_is_one_module_across_layers():
     _, base, make = _setup(shared="true", r=4)
     prepared = make().prepare(copy.deepcopy(base))
     d = base.config.intermediate_size
-    trainable = sum(p.numel() for p in prepared.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in backbone_parameters(prepared).values() if p.requires_grad)
     assert trainable == 2 * d * 4 + 4 + d  # one Bottleneck(d, 4), not one per layer
 
 
 def test_roberta_base_stored_and_trainable_arithmetic():
-    """roberta-base: FFN-in biases are 12 x 3072 = 36,864 stored values (0.03% of 124.6M); the default
+    """roberta-base: FFN-in biases are 12 x 3072 = 36,864 stored values (0.03% of the backbone); the default
     width r is the one whose 12 adapters come closest to 0.5% of the backbone."""
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
@@ -117,12 +122,12 @@ def test_roberta_base_stored_and_trainable_arithmetic():
         model = RobertaForSequenceClassification(RobertaConfig(vocab_size=50265, max_position_embeddings=514,
                                                                type_vocab_size=1, num_labels=2))
     backbone = sum(p.numel() for p in backbone_parameters(model).values())
-    assert backbone == 124_645_632
+    assert backbone == 124_055_040  # 124.6M less the pooler (768 x 769), which the classifier does not use
     cfg = compose(["method=hiwi"])
     method = build_method(cfg.method, MethodContext("roberta-base", "fp", Path("unused"), cfg.mask, 0, torch.device("meta")))
     method.prepare(model)
     stored = sum(getattr(m, a).numel() for m, a in method.targets.values())  # what artifact() writes
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in backbone_parameters(model).values() if p.requires_grad)
     assert stored == 12 * 3072 == 36_864
     assert round(100 * stored / backbone, 2) == 0.03
     assert method.r == 8 and trainable == 12 * (2 * 3072 * 8 + 8 + 3072) == 626_784

@@ -141,11 +141,11 @@ def _child(args) -> dict:
     batch = dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
                  labels=torch.randint(0, 2, (BATCH,), generator=g).to(dev))  # fmt: skip
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
-    times = []
+    times, cpu = [], []
     for s in range(args.steps):
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with amp:
             loss = model(**batch).loss
         loss.backward()
@@ -154,8 +154,10 @@ def _child(args) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)  # CPU seconds of this process: less hit by other load
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    out = dict(variant=v, step_s=statistics.median(times[args.warmup :]), step_times=times, peak_rss=rss, **info)
+    out = dict(variant=v, step_s=statistics.median(times[args.warmup :]), step_times=times, peak_rss=rss,
+               cpu_s=statistics.median(cpu[args.warmup :]), **info)  # fmt: skip
     if dev.type == "cuda":
         out["cuda_peak_alloc"] = torch.cuda.max_memory_allocated()
     out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -287,22 +289,27 @@ def main() -> None:
         if "step_s" in r and "step_s" in full:
             r["time_vs_full"] = r["step_s"] / full["step_s"]
             r["rss_vs_full"] = r["peak_rss"] / full["peak_rss"]
+            if "cuda_peak_alloc" in r:
+                r["cuda_vs_full"] = r["cuda_peak_alloc"] / full["cuda_peak_alloc"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")
 
+    cuda = args.device.startswith("cuda")
+    mem = "CUDA peak alloc GB" if cuda else "peak RSS GB"
     rows = [
-        "| variant | step s (median) | x full | peak RSS GB | x full | trainable | AdamW state | changed outside set |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| variant | step s (median) | x full | CPU s/step | {mem} | x full | trainable | AdamW state | changed outside set |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for v, r in results.items():
         if "error" in r:
-            rows.append(f"| {LABEL[v]} | error: {r['error'][0][:80]} | | | | | | |")
+            rows.append(f"| {LABEL[v]} | error: {r['error'][0][:80]} | | | | | | | |")
             continue
         ch = "n/a" if r["changed_outside"] is None else str(r["changed_outside"])
+        m, mr = (r["cuda_peak_alloc"], r.get("cuda_vs_full")) if cuda else (r["peak_rss"], r.get("rss_vs_full"))
         rows.append(
-            f"| {LABEL[v]} | {r['step_s']:.2f} | {r.get('time_vs_full', float('nan')):.2f} | {_fmt_gb(r['peak_rss'])} "
-            f"| {r.get('rss_vs_full', float('nan')):.2f} | {r['trainable']:,} | {r['opt_state']:,} | {ch} |"
+            f"| {LABEL[v]} | {r['step_s']:.3f} | {r.get('time_vs_full', float('nan')):.2f} | {r['cpu_s']:.2f} "
+            f"| {_fmt_gb(m)} | {mr if mr is not None else float('nan'):.2f} | {r['trainable']:,} | {r['opt_state']:,} | {ch} |"
         )
     md = [
         "# PaFi training step: time and peak memory",
@@ -317,7 +324,8 @@ def main() -> None:
         f"{BATCH}x{SEQ}, AdamW lr 1e-4 weight_decay 0.01, {args.steps} steps, median of the last "
         f"{args.steps - args.warmup}. PaFi mask: globally smallest |θ| over the backbone, density {args.density}: "
         f"k={mask_info['k']:,} of {mask_info['backbone']:,} in {mask_info['tensors']} tensors ({mask_info['how']}). "
-        "Each variant in its own process; peak RSS = ru_maxrss (model build + setup + steps). "
+        "Each variant in its own process; peak RSS = ru_maxrss (model build + setup + steps). CPU s/step = "
+        "process CPU time per step (all threads; less sensitive than wall time to other jobs on the machine). "
         "x full = ratio to full FT in this same run. Changed outside set: backbone entries (head excluded) that "
         "differ from the initial model after the steps, outside the variant's chosen entries.",
         "",

@@ -1,0 +1,130 @@
+"""LoRA (via peft) and the Houlsby/Pfeiffer bottleneck adapters: step 0 is the base model, the
+artifact holds only the new matrices, a fresh base + artifact computes the trained logits, LoRA
+merges into a plain model, adapters refuse to (and `peftx export` exits 2)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from peft_cli.config import compose
+from peft_cli.errors import NotMergeable, UserError
+from peft_cli.methods import MethodContext, build_method
+from peft_cli.models import backbone_parameters, head_parameters, load_model
+
+MODELS = ["tiny-random", "tiny-random-roberta"]
+
+
+def _setup(model: str, method: str, *overrides: str):
+    cfg = compose([f"model={model}", f"method={method}", *overrides])
+    base = load_model(cfg.model, cfg.task).eval()
+    ctx = MethodContext(model, "fp", Path("unused"), cfg.mask, 0, torch.device("cpu"))
+    return base, (lambda: build_method(cfg.method, ctx))
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"input_ids": torch.randint(5, 1000, (3, 12), generator=g), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+
+
+def _train_stand_in(model: torch.nn.Module) -> None:
+    """Move every trainable backbone-side parameter off its init (B / W_up are zero at init)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in backbone_parameters(model).values():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method, new", [("lora", (".lora_A.", ".lora_B.")), ("adapter_houlsby", (".adapter.",)),
+                                         ("adapter_pfeiffer", (".adapter.",))])
+def test_step0_artifact_and_reload(model, method, new):
+    base, make = _setup(model, method)
+    x = _inputs()
+    m = make()
+    prepared = m.prepare(copy.deepcopy(base)).eval()
+    assert torch.equal(prepared(**x).logits, base(**x).logits)  # zero-init B / W_up
+    trainable = {n for n, p in backbone_parameters(prepared).items() if p.requires_grad}
+    assert trainable and all(any(s in n for s in new) for n in trainable)  # only the new matrices
+    _train_stand_in(prepared)
+    trained = prepared(**x).logits
+    assert not torch.allclose(trained, base(**x).logits)
+    artifact = m.artifact(prepared)
+    assert set(artifact) == trainable
+    loaded = make().load(copy.deepcopy(base), artifact).eval()
+    torch.testing.assert_close(loaded(**x).logits, trained, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_lora_keeps_the_head_objects_and_merges_to_a_plain_model(model):
+    base, make = _setup(model, "lora")
+    x = _inputs()
+    fresh = copy.deepcopy(base)
+    head = head_parameters(fresh)
+    m = make()
+    prepared = m.prepare(fresh).eval()
+    assert prepared is fresh and all(p is head[n] for n, p in head_parameters(prepared).items())
+    _train_stand_in(prepared)
+    trained = prepared(**x).logits
+    merged = m.merge(prepared)
+    assert type(merged) is type(base) and not hasattr(merged, "peft_config")
+    assert set(merged.state_dict()) == set(base.state_dict())
+    torch.testing.assert_close(merged(**x).logits, trained, rtol=0, atol=1e-5)
+
+
+def test_lora_never_targets_the_head():
+    # RoBERTa's head has its own `dense`; targeting `dense` must only reach the backbone's
+    base, make = _setup("tiny-random-roberta", "lora", "method.target_modules=[dense]")
+    prepared = make().prepare(copy.deepcopy(base))
+    assert not any(".lora_" in n for n in head_parameters(prepared))
+    assert any(".lora_" in n for n in backbone_parameters(prepared))
+
+
+def test_lora_unknown_target_is_a_user_error():
+    base, make = _setup("tiny-random", "lora", "method.target_modules=[q_proj]")
+    with pytest.raises(UserError, match="method.target_modules"):
+        make().prepare(base)
+
+
+@pytest.mark.parametrize("method, per_layer", [("adapter_houlsby", 2), ("adapter_pfeiffer", 1)])
+def test_adapter_sites_width_and_no_merge(method, per_layer):
+    base, make = _setup("tiny-random-roberta", method, "method.reduction_factor=8")
+    m = make()
+    prepared = m.prepare(copy.deepcopy(base))
+    downs = {n: p for n, p in prepared.named_parameters() if n.endswith("adapter.down.weight")}
+    assert len(downs) == per_layer * base.config.num_hidden_layers
+    assert {p.shape for p in downs.values()} == {(base.config.hidden_size // 8, base.config.hidden_size)}
+    assert not any(p.requires_grad for n, p in backbone_parameters(prepared).items() if "LayerNorm" in n)
+    with pytest.raises(NotMergeable, match="cannot be folded"):
+        m.merge(prepared)
+
+
+def test_lora_train_then_eval_round_trip(cli, tiny_glue, tmp_path):
+    r = cli("train", *tiny_overrides(tiny_glue, tmp_path, method="lora", model="tiny-random-roberta"))
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs/default/tiny-random-roberta/lora-r8/rte/seed42"
+    result = json.loads((run / "result.json").read_text())
+    cfg = compose(["model=tiny-random-roberta"])
+    backbone = sum(p.numel() for p in backbone_parameters(load_model(cfg.model, cfg.task)).values())
+    layers, hidden, r8 = 2, 32, 8
+    assert result["params"]["backbone"] == backbone  # the injected A/B are not backbone
+    assert result["params"]["trainable"] == result["params"]["stored"] == layers * 2 * 2 * hidden * r8
+    e = cli("eval", str(run))
+    assert e.exit_code == 0, e.output
+    assert json.loads((run / "eval.json").read_text())["matches_run"] is True
+
+
+def test_adapter_export_exits_2(cli, tiny_glue, tmp_path):
+    r = cli("train", *tiny_overrides(tiny_glue, tmp_path, method="adapter_pfeiffer", **{"train.max_steps": 2}))
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs/default/tiny-random/adapter_pfeiffer-rf16/rte/seed42"
+    e = cli("export", str(run), str(tmp_path / "export"))
+    assert e.exit_code == 2
+    assert "cannot be folded" in e.output
+    assert not (tmp_path / "export").exists() and not (tmp_path / "export.tmp").exists()
