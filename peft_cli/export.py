@@ -64,6 +64,8 @@ def export_run(run: Path, out: Path, overrides: dict[str, Any] | None = None) ->
               "labels": r.cfg.task.labels, "logits_check": {"examples": int(batch["input_ids"].shape[0]),
                                                             "max_abs_diff": diff, "tolerance": TOLERANCE}}
     results.write_json(tmp / MARKER, record)
+    for f in tmp.iterdir():  # atomic writers create 0600 files; a model folder is for others to read
+        f.chmod(0o644)
     _move_into_place(tmp, out)
     return record
 

@@ -139,8 +139,7 @@ def expand(sweep: SweepConfig, user: list[str]) -> list[Run]:
         si, ti, mi = key
         task, method, seed = sweep.tasks[ti], sweep.methods[mi], sweep.seeds[si]
         overrides = run_overrides(sweep, task, method, seed, user)
-        cfg = _validated(composed[key], sweep, overrides)
-        folder = _folder(cfg)
+        cfg, folder = _validated(composed[key], sweep, overrides)
         chash = cfg.config_hash()
         if folder in runs:
             if runs[folder].cfg.config_hash() == chash:
@@ -169,19 +168,15 @@ def _compose_seeds(sweep: SweepConfig, task: TaskEntry, method: MethodEntry, use
     return [first, second] + [{**first, "seed": s} for s in sweep.seeds[2:]]
 
 
-def _validated(d: dict[str, Any], sweep: SweepConfig, overrides: list[str]) -> RunConfig:
-    try:
-        cfg = run_config(d)
-        _folder(cfg)  # the method's own config is checked when its tag is built
-        return cfg
-    except UserError as e:
-        raise UserError(f"sweep '{sweep.name}', run [{' '.join(overrides)}]: {e}") from None
-
-
-def _folder(cfg: RunConfig) -> Path:
+def _validated(d: dict[str, Any], sweep: SweepConfig, overrides: list[str]) -> tuple[RunConfig, Path]:
+    """(config, run folder); building the folder's method_tag also validates the method's own keys."""
     from peft_cli.assembly import run_folder
 
-    return run_folder(cfg)
+    try:
+        cfg = run_config(d)
+        return cfg, run_folder(cfg)
+    except UserError as e:
+        raise UserError(f"sweep '{sweep.name}', run [{' '.join(overrides)}]: {e}") from None
 
 
 def with_status(run: Run) -> Run:

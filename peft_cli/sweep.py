@@ -2,7 +2,8 @@
 
     compose + validate every run (exit 2 before anything starts) -> skip completed runs (and failed
     ones unless --retry-failed) -> build each model's shared mask once -> launcher=local runs them
-    here, launcher=slurm submits one job array -> summary. Returns the number of failed runs.
+    here, launcher=slurm submits one job array -> summary. Returns how many runs are failed (locally:
+    or left unfinished by an interrupted sweep); the CLI exits 1 when that is not 0.
 
 Idempotent: a run is done when its result.json says completed with the same config_hash; a
 cancelled, killed or missing run is run again (it resumes from its checkpoint when it has one).
@@ -11,6 +12,7 @@ cancelled, killed or missing run is run again (it resumes from its checkpoint wh
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,7 @@ def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = 
         queued = slurm.queued(root["results"]["dir"], sweep.name, launcher)
         todo = [r for r in todo if r.folder not in queued]
     if dry_run:
-        _list(sweep.name, runs, todo, queued, retry_failed, root, launcher, console)
+        _list(sweep.name, runs, todo, queued, root, launcher)
         return 0
     console.print(f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs, queued)}; "
                   f"{len(todo)} to run ({launcher.name})")
@@ -50,7 +52,7 @@ def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = 
 
     skipped = len(runs) - len(todo)
     outcomes = run_local(sweep.name, todo, skipped, launcher, console) if todo else []
-    return _summary(sweep.name, [with_status(r) for r in runs], outcomes, console)
+    return _summary(sweep.name, [with_status(r) for r in runs], len(todo), outcomes, console)
 
 
 def _launcher(raw: dict[str, Any]):
@@ -85,7 +87,7 @@ def build_masks(todo: list[Run], console: "Console") -> list[Path]:
         cfg = run.cfg
         if not needs_shared_mask(cfg):
             continue
-        key = json.dumps([cfg.model.__dict__, cfg.mask.__dict__, cfg.results.dir], sort_keys=True, default=str)
+        key = json.dumps([asdict(cfg.model), asdict(cfg.mask), cfg.results.dir], sort_keys=True, default=str)
         if key in seen:
             continue
         seen.add(key)
@@ -100,8 +102,7 @@ def build_masks(todo: list[Run], console: "Console") -> list[Path]:
 # output
 
 
-def _list(name: str, runs: list[Run], todo: list[Run], queued: dict[Path, str], retry_failed: bool,
-          root: dict, launcher, console: "Console") -> None:
+def _list(name: str, runs: list[Run], todo: list[Run], queued: dict[Path, str], root: dict, launcher) -> None:
     """--dry-run: one line per run (status, task, method_tag, seed, folder, why), then what would happen."""
     from peft_cli.methods import method_tag
 
@@ -142,7 +143,7 @@ def _submit(name: str, runs: list[Run], todo: list[Run], root: dict, launcher, c
     return failed
 
 
-def _summary(name: str, runs: list[Run], outcomes: list, console: "Console") -> int:
+def _summary(name: str, runs: list[Run], todo: int, outcomes: list, console: "Console") -> int:
     """A table of what ran now and of failed runs; returns how many runs of the grid are not completed
     (failed now or before, or left pending by an interrupted sweep)."""
     from rich.table import Table
@@ -163,7 +164,8 @@ def _summary(name: str, runs: list[Run], outcomes: list, console: "Console") -> 
         console.print(table)
     failed = sum(r.status == "failed" for r in runs)
     incomplete = sum(r.status != "completed" for r in runs)  # failed, or cancelled/never started
-    console.print(f"sweep {name}: {len(runs)} runs; ran {len(outcomes)} now, skipped {len(runs) - len(outcomes)}; "
-                  f"{_counts(runs, {})}" + ("; rerun with --retry-failed to retry failed runs" if failed else "")
+    started = f"ran {len(outcomes)} now" + (f" ({todo - len(outcomes)} not started)" if todo > len(outcomes) else "")
+    console.print(f"sweep {name}: {len(runs)} runs; {started}, skipped {len(runs) - todo}; {_counts(runs, {})}"
+                  + ("; rerun with --retry-failed to retry failed runs" if failed else "")
                   + ("; rerun the sweep to finish the others" if incomplete > failed else ""))
     return incomplete

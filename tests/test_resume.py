@@ -128,44 +128,43 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slow
 def test_kill_9_then_sweep_completes_every_run_once(tiny_glue, tmp_path):
-    """SIGKILL gives train.py no chance to write anything: result.json stays 'running' (or is absent)
-    and a periodic checkpoint may be left behind. Rerunning the sweep must finish every run exactly
-    once, resuming the killed one, with the metrics of an uninterrupted run."""
+    """SIGKILL gives train.py no chance to write anything: result.json stays 'running' and a periodic
+    checkpoint is left behind. Rerunning the sweep (real `peftx train` subprocesses) finishes the run
+    exactly once, resumed from that checkpoint, with the metrics of an uninterrupted run."""
+    from peft_cli.config import compose_dict
+    from peft_cli.grid import expand, sweep_config
     from peft_cli.sweep import run_sweep
 
     res = tmp_path / "res"
-    # many steps (max_steps over 2 epochs' worth of batches) so the kill lands mid-training
-    shared = ["sweep=test_tiny", f"data.glue_dir={tiny_glue}", f"results.dir={res}", "train.max_steps=12",
-              "train.log_every=1", "train.checkpoint_every=2"]
-    grid = ["sweep.tasks=[rte,mrpc]", "sweep.methods=[bitfit]", "sweep.seeds=[1]"]
-    victim = compose(tiny_overrides(tiny_glue, res, task="rte", method="bitfit", seed=1, experiment="test_tiny",
-                                    **{"train.max_steps": 12, "train.epochs": 2}))
-    folder = run_folder(victim)
-    proc = subprocess.Popen([sys.executable, "-m", "peft_cli.cli", "train", *tiny_overrides(
-        tiny_glue, res, task="rte", method="bitfit", seed=1, experiment="test_tiny",
-        **{"train.max_steps": 12, "train.log_every": 1, "train.checkpoint_every": 2})],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["sweep=smoke", f"data.glue_dir={tiny_glue}", f"results.dir={res}", "sweep.tasks=[rte]",
+            "sweep.methods=[bitfit]", "train.max_steps=40", "train.log_every=1", "train.checkpoint_every=2"]
+    [run] = expand(sweep_config(compose_dict(args)["sweep"]), args)
+    proc = subprocess.Popen([sys.executable, "-m", "peft_cli.cli", "train", *run.overrides],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run.folder / "log.jsonl"
 
-    def trained_past_a_checkpoint() -> bool:
-        log = folder / "log.jsonl"
-        steps = [json.loads(x).get("step", 0) for x in log.read_text().splitlines()] if log.is_file() else []
-        return any(s >= 5 for s in steps) or proc.poll() is not None
+    def past_a_checkpoint() -> bool:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return any(json.loads(x).get("step", 0) >= 5 and "loss" in x for x in lines[:-1])
 
-    _wait_for(trained_past_a_checkpoint, 240, "the run to reach step 5")
-    proc.kill()  # SIGKILL
+    _wait_for(past_a_checkpoint, 240, "the run to pass step 5")
+    proc.kill()  # SIGKILL, mid-training
     proc.wait()
-    r = results.read_result(folder / "result.json")
+    r = results.read_result(run.folder / "result.json")
     assert r is not None and r["status"] == "running"  # what a killed run leaves behind
+    assert not results.is_completed(run.folder, run.cfg.config_hash())
 
-    assert run_sweep(shared + grid, dry_run=False, retry_failed=False) == 0
+    assert run_sweep(args) == 0
     found = list(results.iter_results(res))
-    assert sorted((r["task"], r["status"]) for _, r in found) == [("mrpc", "completed"), ("rte", "completed")]
-    log = [json.loads(x) for x in (folder / "log.jsonl").read_text().splitlines()]
-    assert any(e.get("event") == "resume" for e in log)  # it resumed from the periodic checkpoint
-    uninterrupted = train_run(compose(tiny_overrides(tiny_glue, tmp_path / "ref", task="rte", method="bitfit", seed=1,
-                                                     experiment="test_tiny", **{"train.max_steps": 12})))
-    assert results.read_result(folder / "result.json")["metrics"] == uninterrupted["metrics"]
-    assert run_sweep(shared + grid, dry_run=False, retry_failed=False) == 0  # nothing left to do
-    assert len(list(results.iter_results(res))) == 2
+    assert [(f, r["status"]) for f, r in found] == [(run.folder, "completed")]
+    resumes = [json.loads(x) for x in log.read_text().splitlines() if '"resume"' in x]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 4  # from the periodic checkpoint, not from zero
+    reference = train_run(compose([*run.overrides, f"results.dir={tmp_path / 'ref'}", "train.checkpoint_every=0"]),
+                          progress=False)
+    final = results.read_result(run.folder / "result.json")
+    assert final["metrics"] == reference["metrics"] and final["history"] == reference["history"]
+    assert final["config_hash"] == reference["config_hash"]  # results.dir and checkpoint_every: not the run
+    assert run_sweep(args) == 0  # nothing left to do
+    assert len(list(results.iter_results(res))) == 1

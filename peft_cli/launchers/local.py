@@ -85,15 +85,23 @@ def start(run: "Run", env: dict[str, str]) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL)
 
 
-def outcome_of(run: "Run", rc: int, seconds: float) -> Outcome:
-    """Read what the child left: result.json decides, the exit status and train.log explain."""
+def outcome_of(run: "Run", rc: int, seconds: float, stopping: bool = False) -> Outcome:
+    """Read what the child left: result.json decides, the exit status and train.log explain.
+    `stopping`: the sweep was asked to stop, so a child killed by our SIGTERM (e.g. still importing,
+    before train.py's handler was installed) is cancelled, not failed."""
     r = results.read_result(run.folder / "result.json")
-    if rc == 0 and r is not None and r["status"] == "completed" and r["config_hash"] == run.cfg.config_hash():
+    mine = r is not None and r["config_hash"] == run.cfg.config_hash()
+    if rc == 0 and mine and r["status"] == "completed":
         return Outcome(run, "completed", seconds, f"score {r['score']:.2f}")
-    if r is not None and r["status"] == "cancelled" and r["config_hash"] == run.cfg.config_hash():
+    if mine and r["status"] == "cancelled":
         return Outcome(run, "cancelled", seconds, "checkpointed; rerun the sweep to resume")
-    if r is not None and r["status"] == "failed" and r.get("error"):
+    if stopping and rc in (-signal.SIGTERM, -signal.SIGINT):
+        return Outcome(run, "cancelled", seconds, "stopped before training started; rerun the sweep")
+    if mine and r["status"] == "failed" and r.get("error"):
         return Outcome(run, "failed", seconds, r["error"])
+    if rc < 0:
+        hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
+        return Outcome(run, "failed", seconds, f"killed by {signal.Signals(-rc).name}{hint}; see {run.folder}/train.log")
     return Outcome(run, "failed", seconds, f"exit {rc}: {_last_line(run.folder / 'train.log')}")
 
 
@@ -127,7 +135,7 @@ def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, cons
                     rc = proc.poll()
                     if rc is not None:
                         del active[slot]
-                        out = outcome_of(run, rc, time.time() - t0)
+                        out = outcome_of(run, rc, time.time() - t0, stop.is_set())
                         view.finish(run, out.status, out.detail)
                         outcomes.append(out)
                 if stop.is_set() and not forwarded:
@@ -139,7 +147,7 @@ def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, cons
             _forward(active, signal.SIGTERM, console)
             for run, proc, t0 in active.values():
                 proc.wait()
-                out = outcome_of(run, proc.returncode, time.time() - t0)
+                out = outcome_of(run, proc.returncode, time.time() - t0, stopping=True)
                 view.finish(run, out.status, out.detail)
             raise
     return outcomes

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--rounds", type=int, nargs="+", default=None,
-                    help="passes per variant for each batch size (default CPU 60 20, GPU 300 200)")
+                    help="passes per variant for each batch size (default CPU 40 12, GPU 300 200)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--dtypes", nargs="+", default=None, help="fp32 bf16 (default: fp32 on CPU, both on CUDA)")
     ap.add_argument("--out", default=None, help="stem of the .md/.json written (default results/bench/latency)")
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                           ("cpu" if args.device == "auto" else args.device))
     cuda = device.type == "cuda"
     dtypes = args.dtypes or (["fp32", "bf16"] if cuda else ["fp32"])
-    rounds = args.rounds or ([3] * len(args.batches) if args.quick else ([300, 200] if cuda else [60, 20]))
+    rounds = args.rounds or ([3] * len(args.batches) if args.quick else ([300, 200] if cuda else [40, 12]))
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if cuda else 2))
     stem = Path(args.out or ("/tmp/peftx-latency-quick" if args.quick else ROOT / "results/bench/latency"))
 

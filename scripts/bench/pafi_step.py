@@ -48,12 +48,15 @@ BATCH, SEQ = 8, 128
 # ----------------------------------------------------------------------------- child
 
 
-def _build(seed: int = 0):
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=200)
+
+
+def _build(tiny: bool = False, seed: int = 0):
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
     torch.manual_seed(seed)
-    return RobertaForSequenceClassification(RobertaConfig(num_labels=2))
+    return RobertaForSequenceClassification(RobertaConfig(num_labels=2, **(TINY if tiny else {})))
 
 
 def _backbone(named: dict) -> dict:
@@ -65,8 +68,8 @@ def _child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    model = _build()
-    head = [n for n, _ in model.named_parameters() if n.startswith("classifier")]
+    model = _build(args.tiny)
+    vocab = model.config.vocab_size
     chosen: dict[str, torch.Tensor] | None = None  # {backbone name: flat indices}; None = n/a
     info: dict = {}
     v = args.child
@@ -137,7 +140,7 @@ def _child(args) -> dict:
     model.to(dev).train()
 
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 50265, (BATCH, SEQ), generator=g)
+    ids = torch.randint(3, vocab, (BATCH, SEQ), generator=g)
     batch = dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
                  labels=torch.randint(0, 2, (BATCH,), generator=g).to(dev))  # fmt: skip
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
@@ -167,20 +170,22 @@ def _child(args) -> dict:
     # --- changed entries outside the chosen set (after the peak was read) ---
     if v == "pafi":
         model.pafi_values.detach(model)
-    elif v == "supertuning":
+    if v == "supertuning":  # effective weights by hand: peft's merge_and_unload trips over modules_to_save here
+        base = model.get_base_model()
+        cur = {n.replace(".base_layer.", "."): p for n, p in base.named_parameters() if "supertuning_" not in n}
         chosen = {}
-        for n, m in model.named_modules():
-            if hasattr(m, "supertuning_indices") and "default" in m.supertuning_indices:
-                base = n.replace("base_model.model.", "", 1) + ".weight"
-                chosen[base] = m.supertuning_indices["default"].long().cpu()
-        model = model.merge_and_unload()
-    elif v == "lora":
-        model = model.merge_and_unload()
+        with torch.no_grad():
+            for n, m in base.named_modules():
+                if hasattr(m, "supertuning_indices") and "default" in m.supertuning_indices:
+                    cur[n + ".weight"] = m.get_base_layer().weight + m.get_delta_weight("default")
+                    chosen[n + ".weight"] = m.supertuning_indices["default"].long().cpu()
+    else:
+        cur = dict(model.named_parameters())
     if chosen is None:
         out["changed_outside"] = None
     else:
-        ref = _backbone(dict(_build().named_parameters()))
-        cur = _backbone(dict(model.named_parameters()))
+        ref = _backbone(dict(_build(args.tiny).named_parameters()))
+        cur = _backbone(cur)
         outside = inside = 0
         for n, p0 in ref.items():
             diff = cur[n].detach().cpu().reshape(-1) != p0.detach().reshape(-1)
@@ -191,17 +196,16 @@ def _child(args) -> dict:
                 diff &= ~sel
             outside += int(diff.sum())
         out["changed_outside"], out["changed_inside"] = outside, inside
-    out["head"] = len(head)
     return out
 
 
 # ----------------------------------------------------------------------------- parent
 
 
-def _mask(density: float, path: str) -> dict:
+def _mask(density: float, path: str, tiny: bool) -> dict:
     import torch
 
-    model = _build()
+    model = _build(tiny)
     named = {n: p.detach() for n, p in _backbone(dict(model.named_parameters())).items()}
     try:
         from peft_cli.mask import MaskSpec, select
@@ -235,6 +239,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
     ap.add_argument("--out", default=str(ROOT / "results/bench/pafi_step"), help="writes OUT.md and OUT.json")
+    ap.add_argument("--tiny", action="store_true", help="smoke test: a tiny RoBERTa (numbers mean nothing)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--mask", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -249,14 +254,13 @@ def main() -> None:
     started = time.time()
     tmp = tempfile.mkdtemp(prefix="pafi_bench_")
     mask_path = os.path.join(tmp, "mask.pt")
-    mask_info = _mask(args.density, mask_path)
+    mask_info = _mask(args.density, mask_path, args.tiny)
     print(f"mask: k={mask_info['k']} over {mask_info['tensors']} tensors ({mask_info['how']})", flush=True)
     results = {}
     for v in args.variants:
         cmd = [sys.executable, __file__, "--child", v, "--mask", mask_path, "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
-        if args.bf16:
-            cmd.append("--bf16")
+        cmd += ["--bf16"] * args.bf16 + ["--tiny"] * args.tiny
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         line = next((x for x in p.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -1,0 +1,243 @@
+"""launcher=slurm.
+
+Without a cluster (always run): the manifest and the sbatch command, built against a stand-in
+`sbatch`/`squeue`; runs still queued are not submitted twice; sweep.sbatch's signal forwarding and
+requeue, run by bash with a stand-in `scontrol`.
+
+With a cluster (`@pytest.mark.slurm`, skipped unless `sinfo` answers; CI starts one with
+`scripts/slurm/local_cluster.sh start`): a tiny sweep submitted through scripts/slurm/submit.sh
+completes every run; a task preempted with USR1 (time-limit warning) or requeued by SLURM resumes
+from its checkpoint and completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from peft_cli import results
+from peft_cli.grid import expand, sweep_config
+from peft_cli.sweep import run_sweep
+
+SUBMIT = REPO / "scripts" / "slurm" / "submit.sh"
+SBATCH_SCRIPT = REPO / "scripts" / "slurm" / "sweep.sbatch"
+VENV_BIN = str(Path(sys.executable).parent)  # `peftx` on the compute node = this environment's
+
+
+def _smoke(glue, res, *extra: str) -> list[str]:
+    return ["sweep=smoke", f"data.glue_dir={glue}", f"results.dir={res}", *extra]
+
+
+def _runs(args: list[str]):
+    from peft_cli.config import compose_dict
+
+    return expand(sweep_config(compose_dict(args)["sweep"]), args)
+
+
+# --------------------------------------------------------------------------------------------
+# no cluster needed
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """`sbatch` that records its argv and prints job id 4242; `squeue` that prints $FAKE_SQUEUE."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/sbatch.args\necho "4242;cluster"\n')
+    (bin_ / "squeue").write_text(f'#!/bin/sh\ncat {tmp_path}/squeue.out 2>/dev/null\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    return tmp_path
+
+
+def test_manifest_and_sbatch_command(tiny_glue, tmp_path, fake_slurm, capsys):
+    res = tmp_path / "res"
+    args = _smoke(tiny_glue, res, "launcher=slurm", f"launcher.sbatch={fake_slurm}/bin/sbatch",
+                  "launcher.partition=gpu", "launcher.gres=gpu:1", "launcher.array_parallelism=3",
+                  "launcher.time=01:00:00", "launcher.extra_sbatch=['#SBATCH --constraint=a100']",
+                  "launcher.setup=['module load cuda','source /venv/bin/activate']", "train.max_steps=5")
+    assert run_sweep(args) == 0
+    assert capsys.readouterr().out.strip() == "4242"  # stdout: the job id alone
+    argv = (fake_slurm / "sbatch.args").read_text().splitlines()
+    logs = res / "slurm" / "smoke"
+    for expected in ("--array=0-3%3", "--partition=gpu", "--gres=gpu:1", "--time=01:00:00", "--requeue",
+                     "--signal=B:USR1@120", "--constraint=a100", "--open-mode=append",
+                     f"--output={logs}/%A_%a.out", f"--error={logs}/%A_%a.err", f"--chdir={Path.cwd()}"):
+        assert expected in argv, expected
+    assert not any(a.startswith(("--account", "--qos", "--mem")) for a in argv)  # null = left out
+    script, manifest, setup = argv[-3:]
+    assert Path(script) == SBATCH_SCRIPT
+    runs = _runs(args)
+    lines = Path(manifest).read_text().splitlines()
+    assert [shlex.split(line) for line in lines] == [["peftx", "train", *r.overrides, "train.progress=false"]
+                                                     for r in runs]
+    assert "train.max_steps=5" in lines[0] and "launcher" not in lines[0] and "sweep=" not in lines[0]
+    assert Path(setup).read_text().splitlines()[1:] == ["module load cuda", "source /venv/bin/activate"]
+    record = json.loads(Path(manifest).with_suffix(".json").read_text())
+    assert record["job_id"] == "4242" and record["runs"] == [str(r.folder) for r in runs]
+
+    # Still queued (task 0 pending, task 2 running): a second submission skips those two.
+    (fake_slurm / "squeue.out").write_text("4242 0\n4242 2\n999 0\n")
+    assert run_sweep(args, dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert out.count("queued") >= 2 and "job 4242_0" in out and "job 4242_2" in out
+    assert run_sweep(args) == 0
+    argv = (fake_slurm / "sbatch.args").read_text().splitlines()
+    assert "--array=0-1%3" in argv
+    assert Path(argv[-2]).read_text().splitlines() == [lines[1], lines[3]]
+
+
+def test_sbatch_failure_exits_2(tiny_glue, tmp_path, cli):
+    bad = tmp_path / "sbatch"
+    bad.write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    r = cli("sweep", *_smoke(tiny_glue, tmp_path, "launcher=slurm", f"launcher.sbatch={bad}", "launcher.partition=nope"))
+    assert r.exit_code == 2 and "invalid partition specified: nope" in r.output
+
+
+@pytest.mark.parametrize("sig, requeue, state, requeued", [
+    ("USR1", 1, "RUNNING", True),  # time-limit warning: checkpoint, then requeue
+    ("TERM", 1, "RUNNING", True),  # preemption signal while still running: same
+    ("TERM", 1, "CANCELLED", False),  # scancel: a cancelled job stays cancelled
+    ("USR1", 0, "RUNNING", False),  # submitted with --no-requeue
+])
+def test_sweep_sbatch_forwards_signal_and_requeues(tmp_path, sig, requeue, state, requeued):
+    """bash runs sweep.sbatch as SLURM would (array task 1), with a stand-in scontrol; the manifest
+    line is a Python process that exits 1 when it gets the forwarded signal, as `peftx train` does."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n'
+                                   f'[ "$1" = show ] && echo "JobId=77 JobState={state} Requeue={requeue}"\nexit 0\n')
+    (bin_ / "scontrol").chmod(0o755)
+    child = (f"{shlex.quote(sys.executable)} -c 'import signal, sys, time; "
+             f"signal.signal(signal.SIG{sig}, lambda *a: (open(\"{tmp_path}/got\", \"w\").write(\"{sig}\"), sys.exit(1))); "
+             f"open(\"{tmp_path}/ready\", \"w\").close(); time.sleep(60)'")
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("echo wrong line\n" + child + "\n")
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "1",
+           "SLURM_ARRAY_JOB_ID": "76", "SLURM_JOB_ID": "77"}
+    proc = subprocess.Popen(["bash", str(SBATCH_SCRIPT), str(manifest)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while not (tmp_path / "ready").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, f"SIG{sig}"))
+    out, _ = proc.communicate(timeout=30)
+    assert (tmp_path / "got").read_text() == sig, out  # forwarded to the run
+    assert "peftx exited with status 1" in out
+    log = (tmp_path / "scontrol.log").read_text().splitlines()
+    assert ("requeue 77" in log) == requeued, out
+    assert proc.returncode == (0 if requeued else 1)
+
+
+# --------------------------------------------------------------------------------------------
+# a real cluster
+
+
+def _cluster_up() -> bool:
+    if not shutil.which("sinfo") or not shutil.which("sbatch"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and any(s.strip() in ("idle", "mix", "alloc") for s in out.stdout.splitlines())
+
+
+@pytest.fixture
+def cluster():
+    if not _cluster_up():
+        pytest.skip("no SLURM cluster answers (sudo scripts/slurm/local_cluster.sh start)")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # jobs inherit it (sbatch --export=ALL)
+
+
+def _submit(glue, res, *extra: str) -> str:
+    r = subprocess.run([str(SUBMIT), "smoke", f"data.glue_dir={glue}", f"results.dir={res}",
+                        "launcher.cpus_per_task=1", "launcher.time=00:15:00", *extra],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().splitlines()[-1]
+
+
+def _state(job: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%K %T"], capture_output=True, text=True, timeout=30)
+    return out.stdout.split("\n") if out.returncode == 0 and out.stdout.strip() else []
+
+
+def _wait(job: str, timeout: float, until=None) -> None:
+    """Poll squeue until the array has left the queue (or `until()` holds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if until is not None and until():
+            return
+        if until is None and not _state(job):
+            return
+        time.sleep(2)
+    subprocess.run(["scancel", job], timeout=30)
+    raise AssertionError(f"job {job} not done after {timeout:.0f}s: {_state(job)}")
+
+
+@pytest.mark.slurm
+def test_array_completes_every_run(cluster, tiny_glue, tmp_path, capfd):
+    res = tmp_path / "res"
+    job = _submit(tiny_glue, res)
+    _wait(job, 900)
+    runs = _runs(_smoke(tiny_glue, res))
+    assert len(runs) == 4  # 2 tasks x 2 methods
+    for r in runs:
+        assert results.is_completed(r.folder, r.cfg.config_hash()), (r.folder / "result.json").read_text()
+    logs = res / "slurm" / "smoke"
+    for i in range(4):
+        out = (logs / f"{job}_{i}.out").read_text()
+        assert f"job {job}_{i}" in out and "peftx exited with status 0" in out
+    # everything done: submitting again submits nothing
+    again = subprocess.run([str(SUBMIT), "smoke", f"data.glue_dir={tiny_glue}", f"results.dir={res}"],
+                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to submit" in again.stderr and not again.stdout.strip()
+    assert len(list(logs.glob("manifest-*.txt"))) == 1
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", ["usr1", "requeue"])
+def test_preempted_task_resumes_and_completes(cluster, tiny_glue, tmp_path, how):
+    """`scancel --signal=USR1 --batch` is what --signal=B:USR1@120 does before a time limit;
+    `scontrol requeue` is what preemption with requeue does (SIGTERM, then back to the queue)."""
+    res = tmp_path / "res"
+    steps = 300
+    job = _submit(tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}",
+                  "train.log_every=1")
+    [run] = _runs(_smoke(tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}",
+                         "train.log_every=1"))
+    log = run.folder / "log.jsonl"
+
+    def training() -> bool:
+        return log.is_file() and any('"loss"' in line for line in log.read_text().splitlines())
+
+    _wait(job, 300, until=training)
+    if how == "usr1":
+        subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_0"], check=True, timeout=30)
+    else:
+        subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, timeout=30)
+    _wait(job, 900)
+    r = results.read_result(run.folder / "result.json")
+    assert r is not None and r["status"] == "completed" and r["steps"] == steps
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    resumes = [e for e in events if e.get("event") == "resume"]
+    assert len(resumes) == 1 and 0 < resumes[0]["step"] < steps  # resumed mid-training, not from zero
+    out = (res / "slurm" / "smoke" / f"{job}_0.out").read_text()
+    assert "restart 1" in out and "got SIG" in out
+    assert not (run.folder / "checkpoint").exists()
