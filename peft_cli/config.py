@@ -54,6 +54,7 @@ class TaskConfig:
     tsv: TsvSpec
     hub: HubSpec
     dev_suffixes: list[str] = field(default_factory=lambda: [""])  # metric suffix per dev set ("_mm")
+    skip_short_rows: bool = False  # QQP: skip malformed TSV rows, as GLUE's reference processors do
 
     @property
     def num_labels(self) -> int:
@@ -98,7 +99,7 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     glue_dir: str | None = None  # classic GLUE folder; null = the hub (nyu-mll/glue)
-    protocol: str = "holdout"  # holdout | dev (see tasks.py)
+    protocol: str = "holdout"  # holdout | dev (see data.py)
     split_seed: int = 42  # fixed across run seeds, so every seed sees the same test set
     holdout_size: int = 1000  # large tasks: train examples held out as validation
     max_train_examples: int | None = None  # subsample train (quick experiments); null = all
@@ -143,17 +144,31 @@ class RunConfig:
     def config_hash(self) -> str:
         """Two runs with the same hash are the same run. Paths say *where* things are, not *what*
         the run is, so they are left out: moving the GLUE folder does not invalidate results."""
+        from peft_cli.methods import method_class, method_config
+
         d = self.to_dict()
+        # The method's keys as its schema reads them (alpha 8 == 8.0), and the mask only for
+        # methods that read it: `sweep ... mask.density=0.01` must not invalidate BitFit runs.
+        cls = method_class(self.method["name"])
+        d["method"] = {"name": cls.name, "lr": _number(self.method.get("lr")),
+                       **{k: _number(v) for k, v in dataclasses.asdict(method_config(self.method)).items()}}
+        if not cls.uses_mask:
+            d.pop("mask")
+        else:
+            d["mask"].pop("path")
         d["data"].pop("glue_dir")
         d["data"].pop("cache_dir")
         d["results"].pop("dir")
-        d["mask"].pop("path")
         d["train"].pop("progress")
         d["train"].pop("log_every")
         d["train"].pop("checkpoint_every")
         d["train"].pop("device")
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _number(v: Any) -> Any:
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,6 +235,7 @@ _CHOICES = {
     "mask.scope": ("global", "per_tensor"),
     "train.precision": ("auto", "fp32", "bf16"),
     "model.source": ("hub", "package", "random"),
+    "task.size": ("small", "large"),
 }
 
 
@@ -231,26 +247,53 @@ def validate(cfg: RunConfig) -> RunConfig:
         "mask.scope": cfg.mask.scope,
         "train.precision": cfg.train.precision,
         "model.source": cfg.model.source,
+        "task.size": cfg.task.size,
     }
     for key, value in values.items():
         if value not in _CHOICES[key]:
             raise UserError(f"config key '{key}' is {value!r}; choose one of: {', '.join(_CHOICES[key])}")
     if not 0.0 < cfg.mask.density <= 1.0:
         raise UserError(f"config key 'mask.density' is {cfg.mask.density}; it must be in (0, 1], e.g. 0.005")
-    positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
-                "train.eval_batch_size": cfg.train.eval_batch_size, "train.max_length": cfg.train.max_length}
-    if cfg.train.max_steps is not None:
-        positive["train.max_steps"] = cfg.train.max_steps
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"config key '{key}' is {value}; it must be >= 1")
-    if cfg.train.lr is not None and cfg.train.lr <= 0:
-        raise UserError(f"config key 'train.lr' is {cfg.train.lr}; it must be > 0 (or null for the method's default)")
+    at_least = {  # key: (value, minimum)
+        "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1),
+        "train.eval_batch_size": (cfg.train.eval_batch_size, 1), "train.max_length": (cfg.train.max_length, 8),
+        "train.log_every": (cfg.train.log_every, 1), "train.checkpoint_every": (cfg.train.checkpoint_every, 0),
+        "train.max_steps": (cfg.train.max_steps, 1), "data.holdout_size": (cfg.data.holdout_size, 1),
+        "data.max_train_examples": (cfg.data.max_train_examples, 1),
+        "mask.fisher_samples": (cfg.mask.fisher_samples, 1), "train.weight_decay": (cfg.train.weight_decay, 0),
+    }
+    for key, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise UserError(f"config key '{key}' is {value}; it must be >= {low}")
+    if not 0.0 <= cfg.train.warmup_ratio < 1.0:
+        raise UserError(f"config key 'train.warmup_ratio' is {cfg.train.warmup_ratio}; it must be in [0, 1)")
+    for key, lr in (("train.lr", cfg.train.lr), ("method.lr", cfg.method.get("lr"))):
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
+            raise UserError(f"config key '{key}' is {lr!r}; it must be a number > 0")
     if cfg.model.source == "random" and cfg.model.arch not in ("bert", "roberta"):
         raise UserError(f"config key 'model.arch' is {cfg.model.arch!r}; a random model needs 'bert' or 'roberta'")
     if "name" not in cfg.method:
         raise UserError("config key 'method.name' is missing; pick a method with method=NAME")
+    _validate_task(cfg.task)
     return cfg
+
+
+def _validate_task(task: TaskConfig) -> None:
+    """A task file is data; check it like data (users add their own tasks)."""
+    from peft_cli.metrics import METRICS
+
+    for m in task.metrics:
+        if m not in METRICS:
+            raise UserError(f"config key 'task.metrics' names {m!r}; known metrics: {', '.join(METRICS)}")
+    suffixed = {m + s for m in task.metrics for s in task.dev_suffixes}
+    if task.headline not in task.metrics:
+        raise UserError(f"config key 'task.headline' is {task.headline!r}; it must be one of task.metrics {task.metrics}")
+    for m in task.report:
+        if m not in suffixed:
+            raise UserError(f"config key 'task.report' names {m!r}; choose from {sorted(suffixed)}")
+    if not len(task.dev_suffixes) == len(task.tsv.dev) == len(task.hub.dev):
+        raise UserError(f"task {task.name}: task.dev_suffixes, task.tsv.dev and task.hub.dev must have one entry "
+                        "per dev set")
 
 
 def run_config(data: dict[str, Any]) -> RunConfig:

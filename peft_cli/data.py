@@ -49,8 +49,11 @@ def read_tsv(path: Path, task: TaskConfig) -> list[Example]:
     if not path.is_file():
         raise UserError(f"GLUE file not found: {path} (data.glue_dir must hold {task.folder}/{path.name}; "
                         "set data.glue_dir=null to use the hub)")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a UTF-8 tab-separated GLUE file ({e})") from None
     spec = task.tsv
     if spec.header:
         header, rows = rows[0], rows[1:]
@@ -68,6 +71,8 @@ def read_tsv(path: Path, task: TaskConfig) -> list[Example]:
         if not row:
             continue
         if len(row) < need:
+            if task.skip_short_rows:  # the original QQP has a few broken rows; GLUE's processors skip them
+                continue
             raise UserError(f"{path}:{line}: row has {len(row)} columns, expected at least {need}")
         out.append(_example(i, {f: row[c] for f, c in where.items()}, task, f"{path}:{line}"))
     if not out:

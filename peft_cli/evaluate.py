@@ -48,7 +48,9 @@ def read_run_config(run: Path, overrides: dict[str, Any] | None = None) -> RunCo
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
-            node = node.setdefault(key, {})
+            node = node.setdefault(key, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise UserError(f"override '{dotted}' does not name a key of {path}")
         node[leaf] = value
     return run_config(data)
 
@@ -65,6 +67,9 @@ def restore(run: Path, overrides: dict[str, Any] | None = None) -> Restored:
                         "loads now (fingerprint mismatch); evaluate it against the model it was trained from")
     a.method.check_metadata(meta)
     head_names = json.loads(meta.get("head", "[]"))
+    missing = [n for n in head_names if n not in tensors]
+    if missing:
+        raise UserError(f"{run / 'artifact.safetensors'} lacks head tensor '{missing[0]}'; the file is damaged")
     load_named(a.model, {n: tensors.pop(n) for n in head_names})
     model = a.method.load(a.model, tensors).to(device)
     model.eval()

@@ -93,7 +93,8 @@ def ensure_mask(model: "nn.Module", model_name: str, mask: MaskConfig, results_d
 
 def _check_spec(meta: dict, mask: MaskConfig, path: Path) -> None:
     """A mask given by mask.path must match the configured selection, or the tag would lie."""
-    for key in ("strategy", "density", "scope"):
+    keys = ["strategy", "density", "scope", "include", "exclude"] + (["seed"] if mask.strategy == "random" else [])
+    for key in keys:
         if meta.get(key) != getattr(mask, key):
             raise UserError(f"mask {path} has {key}={meta.get(key)!r} but the config says mask.{key}="
                             f"{getattr(mask, key)!r}; set mask.{key} to match or use another mask file")

@@ -57,3 +57,22 @@ def test_config_hash_ignores_paths_but_not_hyperparameters():
     b = compose(["data.glue_dir=/y", "results.dir=/z"])
     c = compose(["train.lr=1e-4"])
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_config_hash_ignores_mask_for_methods_that_do_not_read_it():
+    assert compose(["method=bitfit"]).config_hash() == compose(["method=bitfit", "mask.density=0.01"]).config_hash()
+    assert compose(["method=pafi"]).config_hash() != compose(["method=pafi", "mask.density=0.01"]).config_hash()
+
+
+def test_config_hash_normalises_numbers():
+    assert compose(["method=lora", "method.alpha=8"]).config_hash() == compose(["method=lora", "method.alpha=8.0"]).config_hash()
+
+
+@pytest.mark.parametrize("override,key", [
+    ("data.holdout_size=-5", "data.holdout_size"), ("method.lr=-1", "method.lr"), ("train.log_every=0", "train.log_every"),
+    ("data.max_train_examples=0", "data.max_train_examples"), ("train.warmup_ratio=-3", "train.warmup_ratio"),
+    ("task.headline=f1", "task.headline"), ("task.size=medium", "task.size"), ("task.metrics=[bleu]", "task.metrics"),
+])
+def test_values_that_would_fail_mid_run_fail_at_load(override, key):
+    with pytest.raises(UserError, match=key):
+        compose([override])

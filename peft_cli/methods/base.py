@@ -59,6 +59,7 @@ class Method(ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type]  # dataclass of the keys in conf/method/<name>.yaml (besides `name`)
     mergeable: ClassVar[bool] = True  # False: `peftx export` exits 2 with `merge`'s reason
+    uses_mask: ClassVar[bool] = False  # reads the top-level mask.* keys (they enter its config_hash)
 
     def __init__(self, cfg: Any, ctx: MethodContext) -> None:
         self.cfg = cfg

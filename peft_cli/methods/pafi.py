@@ -50,6 +50,7 @@ def _torch_dtype(name: str) -> "torch.dtype":
 class PaFi(Method):
     name = "pafi"
     config_cls = PaFiConfig
+    uses_mask = True
 
     @classmethod
     def tag(cls, cfg: PaFiConfig, mask: "MaskConfig") -> str:
