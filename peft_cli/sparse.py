@@ -18,10 +18,14 @@ How v reaches the forward, and why (three paths, picked per masked tensor at att
   computes grad_input = gout @ W densely (as BitFit does) and the k_i selected entries of the
   weight gradient, g_e = sum_n gout[n, row_e] * x[n, col_e], as an SDDMM
   (`torch.sparse.sampled_addmm`, a CSR pattern sampled from gout^T @ x): no dense
-  (out, in) gradient ever exists. On CPU with gout^T row-major and x column-major this is
-  ~30x faster than the dense weight-grad GEMM at density 0.005 (3072x768, 1024 tokens:
-  0.7 ms vs 25 ms). Devices whose sampled_addmm fails fall back to a chunked gather
+  (out, in) gradient ever exists. It wants gout^T row-major and x column-major (one
+  transposed fp32 copy of each; other layouts make the kernel copy anyway), then at density
+  0.005 it is ~30x cheaper than the dense weight-grad GEMM (3072x768, 1024 tokens, CPU:
+  0.7 ms vs 25 ms). Net, a PaFi step costs about a BitFit step (+~4% CPU, same process
+  A/B on roberta-base). Devices whose sampled_addmm fails fall back to a chunked gather
   (memory ~ chunk x N). Selected grads are accumulated in fp32 (bf16 autocast included).
+  Memory: x of every masked Linear is saved for backward (BitFit saves none; full FT and
+  Super-Tuning do too): ~0.25 GB over BitFit for roberta-base at 8x128 tokens.
 * `nn.Embedding.weight`: `_SparseEmbedding`'s backward expands each token into the selected
   entries of its row (CSR over vocab rows: ~k_i/V entries per token), gathers gout at those
   (token, column) pairs and index_adds them into the (k_i,) grad, so repeated ids accumulate
@@ -108,10 +112,15 @@ def _selected_grad(g2: Tensor, x2: Tensor, crow: Tensor, col: Tensor) -> Tensor:
 
 
 def _amp_dtype(x: Tensor) -> torch.dtype | None:
+    """The autocast dtype F.linear would compute in for x, or None when autocast is off."""
     dev = x.device.type
-    if torch.is_autocast_enabled(dev) and x.is_floating_point():
-        return torch.get_autocast_dtype(dev)
-    return None
+    if not x.is_floating_point():
+        return None
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    if dev == "cpu":  # older torch: per-device functions
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class _SparseLinear(torch.autograd.Function):

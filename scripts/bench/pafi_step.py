@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
     ap.add_argument("--out", default=str(ROOT / "results/bench/pafi_step"), help="writes OUT.md and OUT.json")
     ap.add_argument("--tiny", action="store_true", help="smoke test: a tiny RoBERTa (numbers mean nothing)")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md next to a results .json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--no-check", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mask", help=argparse.SUPPRESS)
@@ -252,12 +253,16 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(_child(args)), flush=True)
         return
+    if args.render:
+        d = json.loads(Path(args.render).read_text())
+        _render(d["meta"], d["results"], Path(args.render))
+        return
 
     import peft
     import torch
     import transformers
 
-    started = time.time()
+    started, load0 = time.time(), os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="pafi_bench_")
     mask_path = os.path.join(tmp, "mask.pt")
     mask_info = _mask(args.density, mask_path, args.tiny)
@@ -310,7 +315,7 @@ def main() -> None:
         selective_optimizers=selopt_ver, python=platform.python_version(),
         batch=[BATCH, SEQ], steps=args.steps, warmup=args.warmup, rounds=args.rounds, density=args.density,
         mask=mask_info,
-        wall_s=round(time.time() - started, 1),
+        wall_s=round(time.time() - started, 1), loadavg=[load0, os.getloadavg()[0]],
     )  # fmt: skip
     for r in results.values():
         if "step_s" in r and "step_s" in full:
@@ -321,8 +326,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")
+    _render(meta, results, out)
 
-    cuda = args.device.startswith("cuda")
+
+def _render(meta: dict, results: dict, out: Path) -> None:
+    """Write OUT.md from the run's meta + results (also `--render OUT.json`, to redo the page only)."""
+    cuda = meta["device"].startswith("cuda")
     mem = "CUDA peak alloc GB" if cuda else "peak RSS GB"
     rows = [
         f"| variant | step s (median) | x full | CPU s/step | {mem} | x full | trainable | AdamW state | changed outside set |",
@@ -332,36 +341,43 @@ def main() -> None:
         if "error" in r:
             rows.append(f"| {LABEL[v]} | error: {r['error'][0][:80]} | | | | | | | |")
             continue
-        ch = "n/a" if r["changed_outside"] is None else str(r["changed_outside"])
+        ch = "n/a" if r.get("changed_outside") is None else str(r["changed_outside"])
         m, mr = (r["cuda_peak_alloc"], r.get("cuda_vs_full")) if cuda else (r["peak_rss"], r.get("rss_vs_full"))
         rows.append(
             f"| {LABEL[v]} | {r['step_s']:.3f} | {r.get('time_vs_full', float('nan')):.2f} | {r['cpu_s']:.2f} "
             f"| {_fmt_gb(m)} | {mr if mr is not None else float('nan'):.2f} | {r['trainable']:,} | {r['opt_state']:,} | {ch} |"
         )
+    mi = meta["mask"]
+    load = meta.get("loadavg")
+    load_txt = f" (1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)" if load else ""
     md = [
         "# PaFi training step: time and peak memory",
         "",
         f"`{meta['command']}`",
         "",
-        f"{meta['date']} · nproc {meta['nproc']}, torch threads {args.threads}, device {args.device}"
-        f"{' (bf16 autocast)' if args.bf16 else ' (fp32)'} · torch {meta['torch']}, transformers "
-        f"{meta['transformers']}, peft {meta['peft']}, selective-optimizers {selopt_ver}",
+        f"{meta['date']} · nproc {meta['nproc']}, torch threads {meta['threads']}, device {meta['device']}"
+        f"{' (bf16 autocast)' if meta['bf16'] else ' (fp32)'} · torch {meta['torch']}, transformers "
+        f"{meta['transformers']}, peft {meta['peft']}, selective-optimizers {meta['selective_optimizers']}",
         "",
         f"Random-init RobertaForSequenceClassification (RobertaConfig() base defaults, num_labels=2), batch "
-        f"{BATCH}x{SEQ}, AdamW lr 1e-4 weight_decay 0.01, {args.steps} steps, median of the last "
-        f"{args.steps - args.warmup}; variants run interleaved in {args.rounds} rounds, best round reported. PaFi mask: globally smallest |θ| over the backbone, density {args.density}: "
-        f"k={mask_info['k']:,} of {mask_info['backbone']:,} in {mask_info['tensors']} tensors ({mask_info['how']}). "
+        f"{BATCH}x{SEQ}, AdamW lr 1e-4 weight_decay 0.01, {meta['steps']} steps, median of the last "
+        f"{meta['steps'] - meta['warmup']}; variants run interleaved in {meta.get('rounds', 1)} rounds, best round "
+        f"reported. PaFi mask: globally smallest |θ| over the backbone, density {meta['density']}: "
+        f"k={mi['k']:,} of {mi['backbone']:,} in {mi['tensors']} tensors ({mi['how']}). "
         "Each variant in its own process; peak RSS = ru_maxrss (model build + setup + steps). CPU s/step = "
-        "process CPU time per step (all threads; less sensitive than wall time to other jobs on the machine). "
-        "x full = ratio to full FT in this same run. Changed outside set: backbone entries (head excluded) that "
-        "differ from the initial model after the steps, outside the variant's chosen entries.",
+        "process CPU time per step (all threads). x full = ratio to full FT in this same run. Changed outside "
+        "set: backbone entries (head excluded) that differ from the initial model after the steps, outside the "
+        "variant's chosen entries.",
         "",
         *rows,
         "",
         "Notes: Super-Tuning trains deltas (weight decay pulls the delta, not θ, to 0); selective-optimizers "
         "forces weight_decay=0 and keeps dense grads and dense Adam state (run with verify=False). LoRA's merged "
-        "update is dense low-rank, so 'outside the set' does not apply. Only 2 cores, shared with other work: "
-        "step times carry a few % noise; compare ratios within one run.",
+        "update is dense low-rank, so 'outside the set' does not apply.",
+        "",
+        f"Noise: the machine's 2 cores were shared with other jobs during this run{load_txt}. Absolute times "
+        "are then several times a quiet machine's (there, full FT takes about 4.5 s/step) and vary between "
+        "rounds by tens of %: read the ratios, which can still be 10-20% off (each round is in the .json).",
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(md))
