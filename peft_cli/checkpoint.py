@@ -3,10 +3,13 @@
 Written on SIGUSR1/SIGTERM (SLURM's warning before a time limit or preemption) and, optionally,
 every `train.checkpoint_every` steps. Tensors go to safetensors (no pickle), scalars to JSON:
 
-    <run>/checkpoint/state.safetensors   trainable params, best-epoch snapshot, AdamW moments, RNG
-    <run>/checkpoint/state.json          config_hash, epoch, step, step_in_epoch, history, scheduler
+    <run>/checkpoint/state-<step>.safetensors   trainable params, best-epoch snapshot, AdamW moments, RNG
+    <run>/checkpoint/state.json                 config_hash, epoch, step, step_in_epoch, history,
+                                                scheduler, and the name of its tensors file
 
-The JSON is written last; a checkpoint without it (a kill mid-write) is ignored.
+A new checkpoint writes its tensors under a new name, then replaces state.json (atomically), and
+only then deletes the previous tensors: a kill at any moment (SIGKILL after SLURM's KillWait, OOM,
+node failure) leaves the previous checkpoint or the new one, never none and never a mixed pair.
 """
 
 from __future__ import annotations
@@ -61,10 +64,14 @@ def save(run: Path, config_hash: str, progress: Progress, params: dict[str, "tor
             tensors[f"rng/cuda{i}"] = state
     d = _dir(run)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "state.json").unlink(missing_ok=True)  # the pair is valid only once the JSON is back
-    save_tensors(d / "state.safetensors", tensors, {})
-    write_json(d / "state.json", {"config_hash": config_hash, "progress": asdict(progress), "adam_steps": steps,
-                                  "scheduler": scheduler.state_dict(), "has_best": best is not None})
+    name = f"state-{progress.step}.safetensors"
+    save_tensors(d / name, tensors, {})
+    write_json(d / "state.json", {"config_hash": config_hash, "tensors": name, "progress": asdict(progress),
+                                  "adam_steps": steps, "scheduler": scheduler.state_dict(),
+                                  "has_best": best is not None})
+    for old in d.glob("state*.safetensors"):  # only now is the previous checkpoint superseded
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimizer: "torch.optim.Optimizer",
@@ -80,7 +87,7 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
         return None
     if meta.get("config_hash") != config_hash:
         return None
-    tensors, _ = load_tensors(d / "state.safetensors")
+    tensors, _ = load_tensors(d / meta.get("tensors", "state.safetensors"))
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(tensors[f"param/{n}"])
@@ -119,7 +126,8 @@ def saved_step(run: Path, config_hash: str) -> int | None:
 
 def clear(run: Path) -> None:
     d = _dir(run)
-    for name in ("state.json", "state.safetensors"):
-        (d / name).unlink(missing_ok=True)
+    (d / "state.json").unlink(missing_ok=True)  # first: tensors without it are never read
+    for path in [*d.glob("state*.safetensors"), *d.glob(".state*.tmp")]:  # .tmp: a write cut by a kill
+        path.unlink(missing_ok=True)
     if d.is_dir() and not any(d.iterdir()):
         d.rmdir()

@@ -158,7 +158,7 @@ def _summary(name: str, runs: list[Run], todo: int, outcomes: list, console: "Co
             continue  # skipped completed, or never started (interrupted sweep): counted below
         colour = {"completed": "green", "failed": "red"}.get(o.status if o else r.status, "yellow")
         status = o.status if o else "failed (skipped)"
-        detail = o.detail if o else r.note
+        detail = (o.detail if o else r.note)[:100]
         table.add_row(f"[{colour}]{status}[/]", r.label, detail, f"{o.seconds:.0f}s" if o else "")
     if table.row_count:
         console.print(table)

@@ -102,6 +102,45 @@ def test_periodic_checkpoint_does_not_change_the_run(tiny_glue, tmp_path):
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
 
 
+def test_checkpoint_survives_a_kill_while_saving(tmp_path, monkeypatch):
+    """Killed between writing the new tensors and the new state.json: the previous checkpoint is
+    still whole and is what a rerun resumes from."""
+    import torch
+
+    from peft_cli import checkpoint
+
+    layer = torch.nn.Linear(3, 2)
+    params = dict(layer.named_parameters())
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+    def train_to(step: int) -> checkpoint.Progress:
+        layer(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        sched.step()
+        return checkpoint.Progress(step=step, step_in_epoch=step)
+
+    checkpoint.save(tmp_path, "h", train_to(2), params, None, opt, sched)
+    saved = {n: p.detach().clone() for n, p in params.items()}
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(checkpoint, "write_json", killed)
+    with pytest.raises(SystemExit):
+        checkpoint.save(tmp_path, "h", train_to(4), params, None, opt, sched)
+    monkeypatch.undo()
+    assert checkpoint.saved_step(tmp_path, "h") == 2
+    assert checkpoint.saved_step(tmp_path, "other config") is None
+    progress, _ = checkpoint.load(tmp_path, "h", params, opt, sched)
+    assert progress.step == 2
+    assert all(torch.equal(params[n], saved[n]) for n in params)
+    checkpoint.save(tmp_path, "h", train_to(6), params, None, opt, sched)  # the next save supersedes both
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["state-6.safetensors", "state.json"]
+    checkpoint.clear(tmp_path)
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_truncated_result_is_never_completed(tmp_path):
     good = {"status": "completed", "experiment": "e", "model": "m", "task": "rte", "method": "full",
             "method_tag": "full", "seed": 1, "metrics": {"validation": {}, "test": {"accuracy": 0.5}}, "score": 50.0,

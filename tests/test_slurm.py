@@ -192,6 +192,7 @@ def _wait(job: str, timeout: float, until=None) -> None:
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(1500)  # polls squeue for up to 15 min; pyproject's 600 s is per ordinary test
 def test_array_completes_every_run(cluster, tiny_glue, tmp_path, capfd):
     res = tmp_path / "res"
     job = _submit(tiny_glue, res)
@@ -212,6 +213,7 @@ def test_array_completes_every_run(cluster, tiny_glue, tmp_path, capfd):
 
 
 @pytest.mark.slurm
+@pytest.mark.timeout(1500)  # polls squeue for up to 15 min; pyproject's 600 s is per ordinary test
 @pytest.mark.parametrize("how", ["usr1", "requeue"])
 def test_preempted_task_resumes_and_completes(cluster, tiny_glue, tmp_path, how):
     """`scancel --signal=USR1 --batch` is what --signal=B:USR1@120 does before a time limit;
@@ -241,3 +243,27 @@ def test_preempted_task_resumes_and_completes(cluster, tiny_glue, tmp_path, how)
     out = (res / "slurm" / "smoke" / f"{job}_0.out").read_text()
     assert "restart 1" in out and "got SIG" in out
     assert not (run.folder / "checkpoint").exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(1500)  # polls squeue for up to 15 min; pyproject's 600 s is per ordinary test
+def test_scancel_stays_cancelled_and_resubmitting_resumes(cluster, tiny_glue, tmp_path):
+    """scancel: the run checkpoints on SIGTERM but is NOT requeued; submitting the sweep again
+    submits just that run, which resumes from the checkpoint."""
+    res = tmp_path / "res"
+    extra = ("sweep.tasks=[rte]", "sweep.methods=[bitfit]", "train.max_steps=300", "train.log_every=1")
+    job = _submit(tiny_glue, res, *extra)
+    [run] = _runs(_smoke(tiny_glue, res, *extra))
+    log = run.folder / "log.jsonl"
+    _wait(job, 300, until=lambda: log.is_file() and '"loss"' in log.read_text())
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    _wait(job, 120)
+    r = results.read_result(run.folder / "result.json")
+    assert r["status"] == "cancelled" and r["resumable"] is True
+    out = (res / "slurm" / "smoke" / f"{job}_0.out").read_text()
+    assert "not requeueing after SIGTERM" in out and "restart 1" not in out
+    job2 = _submit(tiny_glue, res, *extra)
+    assert job2 != job
+    _wait(job2, 900)
+    assert results.is_completed(run.folder, run.cfg.config_hash())
+    assert sum('"resume"' in line for line in log.read_text().splitlines()) == 1

@@ -49,7 +49,6 @@ class SlurmSettings:
     peftx: str = "peftx"  # the command on the compute nodes, e.g. "python -m peft_cli.cli"
     script: str | None = None  # null = scripts/slurm/sweep.sbatch of this checkout
     sbatch: str = "sbatch"
-    workers: int = 1  # unused here (the array is the parallelism); lets `launcher.workers` overrides pass
 
 
 def settings(raw: dict) -> SlurmSettings:
