@@ -83,9 +83,16 @@ def ensure_mask(model: "nn.Module", model_name: str, mask: MaskConfig, results_d
         return indices, meta, path, False
     if mask.path:
         raise UserError(f"mask.path={mask.path} does not exist; unset mask.path to build the mask under results.dir")
+    import torch
+
     spec = spec_of(mask)
     named = {n: p.detach() for n, p in backbone_parameters(model).items()}
-    indices = select(named, spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the streaming select is memory-bound; extra threads only contend (bench/mask_build)
+    try:
+        indices = select(named, spec)
+    finally:
+        torch.set_num_threads(threads)
     meta = build_meta(named, spec, indices, fingerprint)
     save_mask(path, indices, meta)
     return indices, meta, path, True
