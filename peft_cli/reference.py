@@ -4,7 +4,7 @@ conf/reference/roberta_base_lora.yaml and checked here by `from_dict` (unknown k
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from peft_cli.config import conf_dir, from_dict

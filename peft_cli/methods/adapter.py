@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from peft_cli.errors import NotMergeable, UserError
-from peft_cli.methods.base import Method, load_named
+from peft_cli.methods.base import Method, load_backbone, stored_backbone
 from peft_cli.models import backbone_parameters
 
 if TYPE_CHECKING:
@@ -94,14 +94,11 @@ class BottleneckAdapters(Method):
         return self._insert(model)  # new parameters require grad
 
     def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
-        return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if _is_adapter(n)}
+        return stored_backbone(model, _is_adapter)
 
     def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
         self._insert(model)
-        missing = sorted(n for n in backbone_parameters(model) if _is_adapter(n) and n not in tensors)
-        if missing:
-            raise UserError(f"artifact lacks adapter tensor '{missing[0]}': was it trained with other method.* settings?")
-        load_named(model, tensors)
+        load_backbone(model, tensors, _is_adapter, "adapter")
         return model
 
     def merge(self, model: "nn.Module") -> "nn.Module":

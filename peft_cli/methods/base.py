@@ -124,3 +124,22 @@ def load_named(model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> None:
                 raise UserError(f"artifact tensor '{name}' has shape {tuple(t.shape)}, "
                                 f"the model's has {tuple(params[name].shape)}")
             params[name].copy_(t)
+
+
+def stored_backbone(model: "nn.Module", keep: Callable[[str], bool]) -> dict[str, "torch.Tensor"]:
+    """Backbone tensors whose names pass `keep`, detached, on CPU: most methods' `artifact()`."""
+    from peft_cli.models import backbone_parameters
+
+    return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if keep(n)}
+
+
+def load_backbone(model: "nn.Module", tensors: dict[str, "torch.Tensor"], keep: Callable[[str], bool],
+                  what: str) -> None:
+    """`load_named`, after checking that every backbone tensor passing `keep` is in the artifact."""
+    from peft_cli.errors import UserError
+    from peft_cli.models import backbone_parameters
+
+    missing = sorted(n for n in backbone_parameters(model) if keep(n) and n not in tensors)
+    if missing:
+        raise UserError(f"artifact lacks {what} tensor '{missing[0]}': was it trained with other method.* settings?")
+    load_named(model, tensors)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peft_cli.methods import NoOptions
-from peft_cli.methods.base import Method, load_named
+from peft_cli.methods.base import Method, load_backbone, stored_backbone
 from peft_cli.models import backbone_parameters
 
 
@@ -22,8 +22,8 @@ class BitFit(Method):
         return model
 
     def artifact(self, model):
-        return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if _is_bias(n)}
+        return stored_backbone(model, _is_bias)
 
     def load(self, model, tensors):
-        load_named(model, tensors)
+        load_backbone(model, tensors, _is_bias, "bias")
         return model

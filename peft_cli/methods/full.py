@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from peft_cli.methods import NoOptions
-from peft_cli.methods.base import Method, load_named
-from peft_cli.models import backbone_parameters
+from peft_cli.methods.base import Method, load_backbone, stored_backbone
 
 
 class Full(Method):
@@ -16,8 +15,8 @@ class Full(Method):
         return model
 
     def artifact(self, model):
-        return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items()}
+        return stored_backbone(model, lambda n: True)
 
     def load(self, model, tensors):
-        load_named(model, tensors)
+        load_backbone(model, tensors, lambda n: True, "backbone")
         return model

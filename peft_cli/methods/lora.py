@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peft_cli.errors import UserError
-from peft_cli.methods.base import Method, load_named
-from peft_cli.models import backbone_parameters
+from peft_cli.methods.base import Method, load_backbone, stored_backbone
 
 if TYPE_CHECKING:
     import torch
@@ -79,14 +78,11 @@ class LoRA(Method):
         return self._inject(model)
 
     def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
-        return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if _is_lora(n)}
+        return stored_backbone(model, _is_lora)
 
     def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
         self._inject(model)
-        missing = sorted(n for n in backbone_parameters(model) if _is_lora(n) and n not in tensors)
-        if missing:
-            raise UserError(f"artifact lacks LoRA tensor '{missing[0]}': was it trained with other method.* settings?")
-        load_named(model, tensors)
+        load_backbone(model, tensors, _is_lora, "LoRA")
         return model
 
     def merge(self, model: "nn.Module") -> "nn.Module":
