@@ -133,6 +133,14 @@ def progress_bar(enabled: bool):
 
 def train_run(cfg: RunConfig, progress: bool | None = None) -> dict[str, Any]:
     """Run one config to completion (or resume it) and return its result.json as a dict."""
+    # Signals are caught from the start: a USR1 during model loading or FISH scoring must not kill
+    # the run with result.json left at "running". The loop acts on it after its next step; one
+    # that arrives after training is over is ignored and the run completes.
+    with stop_on_signals() as stop:
+        return _run(cfg, progress, stop)
+
+
+def _run(cfg: RunConfig, progress: bool | None, stop: threading.Event) -> dict[str, Any]:
     out = run_folder(cfg)
     chash = cfg.config_hash()
     device = resolve_device(cfg.train)
@@ -149,9 +157,8 @@ def train_run(cfg: RunConfig, progress: bool | None = None) -> dict[str, Any]:
         model = a.method.prepare(a.model).to(device)
         for p in a.head.values():
             p.requires_grad_(True)
-        with stop_on_signals() as stop:
-            best = _fit(cfg, a, model, out, chash, device, bf16, log, stop,
-                        cfg.train.progress if progress is None else progress)
+        best = _fit(cfg, a, model, out, chash, device, bf16, log, stop,
+                    cfg.train.progress if progress is None else progress)
         train_s = time.time() - started
         record = _finish(cfg, a, model, out, best, device, bf16, base, train_s)
     except (Interrupted, KeyboardInterrupt) as e:
