@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -39,6 +37,7 @@ import torch
 from torch import Tensor
 
 from peft_cli.errors import UserError
+from peft_cli.results import save_tensors, write_text
 
 FORMAT_VERSION = 1  # bump when the file layout or the selection rule (incl. random streams) changes
 STRATEGIES = ("smallest", "largest", "random", "fisher")
@@ -346,33 +345,17 @@ def _json_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    # tmp file in the same dir (same filesystem) + fsync + os.replace: readers see old or new, never half
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_mask(path: Path, indices: dict[str, Tensor], meta: dict) -> None:
     """Write `path` (safetensors, int32 per param) then `path.json`. The json goes last and any old
     one is removed first, so a mask without its json is an interrupted build."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _json_path(path).unlink(missing_ok=True)
     tensors = {n: v.detach().to("cpu", torch.int32).contiguous() for n, v in indices.items()}
     header = {"format": "peftx-mask", "format_version": str(FORMAT_VERSION)}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    save_tensors(path, tensors, header)
     text = json.dumps(meta, indent=1, sort_keys=False) + "\n"
-    _atomic_write(_json_path(path), lambda tmp: Path(tmp).write_text(text))
+    write_text(_json_path(path), text)
 
 
 def load_mask(path: Path) -> tuple[dict[str, Tensor], dict]:
