@@ -244,3 +244,21 @@ def test_cli_report(cli, tmp_path):
     assert empty.exit_code == 2 and "no completed result.json" in empty.output
     bad = cli("report", f"results.dir={results}", "report.spread=iqr")
     assert bad.exit_code == 2 and "report.spread" in bad.output
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.skipif(not (COMMITTED / "runs" / "cpu_minilm").is_dir(), reason="no committed cpu_minilm runs")
+def test_committed_cpu_minilm_tables_rebuild(cli, tmp_path):
+    """`peftx report experiment=cpu_minilm` over the committed result.json files gives the committed
+    tables byte for byte (the plot is left out: its bytes depend on the matplotlib version)."""
+    import shutil
+
+    shutil.copytree(COMMITTED / "runs" / "cpu_minilm", tmp_path / "runs" / "cpu_minilm",
+                    ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.log"))
+    r = cli("report", "experiment=cpu_minilm", f"results.dir={tmp_path}")
+    assert r.exit_code == 0, r.output
+    for ext in ("md", "csv", "tex"):
+        rebuilt = (tmp_path / "tables" / f"cpu_minilm.{ext}").read_bytes()
+        assert rebuilt == (COMMITTED / "tables" / f"cpu_minilm.{ext}").read_bytes(), ext
