@@ -16,6 +16,7 @@ from peft_cli.results import atomic_path
 METADATA = {"png": {"Software": "peftx"}, "pdf": {"Creator": "peftx", "Producer": "peftx", "CreationDate": None}}
 AREA = (40.0, 400.0)  # marker area (points^2) of the smallest and the largest artifact
 PUBLISHED_AREA = 70.0
+LABEL_GAP = 8.5  # points between the centres of stacked labels (fontsize 7)
 
 
 def plotted(rows: list[Row]) -> list[Row]:
@@ -40,21 +41,15 @@ def figure(table: Table):
     xs = [math.log10(r.stored_pct) for r in measured + published]
     mid = (min(xs, default=0.0) + max(xs, default=0.0)) / 2
 
-    def label(row: Row, text: str, area: float, **kw) -> None:
-        # beside the marker's edge (radius ~ sqrt(area)/2 points), towards the plot's centre
-        d = math.sqrt(area) / 2 + 2
-        right = math.log10(row.stored_pct) <= mid
-        ax.annotate(text, (row.stored_pct, row.avg), xytext=(d if right else -d, 0), textcoords="offset points",
-                    ha="left" if right else "right", va="center", fontsize=7, **kw)
-
+    labels: list[tuple[Row, str, float, dict]] = []  # drawn last, once the axes' scale is final
     for i, (row, area) in enumerate(zip(measured, areas(measured))):
         ax.scatter([row.stored_pct], [row.avg], s=area, color=f"C{i % 10}", alpha=0.85, edgecolors="black",
                    linewidths=0.5, zorder=3)
-        label(row, row.label, area)
+        labels.append((row, row.label, area, {}))
     for row in published:
         ax.scatter([row.stored_pct], [row.avg], s=PUBLISHED_AREA, marker="D", facecolors="none", edgecolors="black",
                    linewidths=1.0, zorder=3)
-        label(row, f"{row.label} [{row.note}], published", PUBLISHED_AREA, style="italic")
+        labels.append((row, f"{row.label} [{row.note}], published", PUBLISHED_AREA, {"style": "italic"}))
     if measured or published:
         ax.set_xscale("log")
         ax.margins(x=0.12, y=0.1)
@@ -69,7 +64,34 @@ def figure(table: Table):
         f"\nnot drawn (no Avg): {', '.join(left_out)}" if left_out else "")
     ax.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.4", transform=ax.transAxes)
     fig.tight_layout()
+    place_labels(ax, labels, mid)
     return fig
+
+
+def place_labels(ax, labels: list[tuple[Row, str, float, dict]], mid: float) -> None:
+    """Each label beside its marker's edge (radius ~ sqrt(area)/2 points), towards the plot's centre.
+    Labels of markers at (nearly) the same x on the same side are pushed apart vertically so that
+    they never overlap (e.g. three masks at one density with close scores)."""
+    groups: dict[tuple[bool, float], list[int]] = {}
+    for i, (row, _, _, _) in enumerate(labels):
+        right = math.log10(row.stored_pct) <= mid
+        groups.setdefault((right, round(math.log10(row.stored_pct), 1)), []).append(i)
+    to_pt = 72.0 / ax.figure.dpi
+    dy = [0.0] * len(labels)
+    for members in groups.values():
+        y = {i: ax.transData.transform((labels[i][0].stored_pct, labels[i][0].avg))[1] * to_pt for i in members}
+        order = sorted(members, key=lambda i: y[i])
+        placed = [y[order[0]]]
+        for i in order[1:]:
+            placed.append(max(y[i], placed[-1] + LABEL_GAP))
+        shift = (sum(placed) - sum(y[i] for i in order)) / len(order)  # keep the group centred
+        for i, p in zip(order, placed):
+            dy[i] = p - shift - y[i]
+    for (row, text, area, kw), off in zip(labels, dy):
+        d = math.sqrt(area) / 2 + 2
+        right = math.log10(row.stored_pct) <= mid
+        ax.annotate(text, (row.stored_pct, row.avg), xytext=(d if right else -d, off), textcoords="offset points",
+                    ha="left" if right else "right", va="center", fontsize=7, **kw)
 
 
 def write_plot(table: Table, stem: Path) -> list[Path]:

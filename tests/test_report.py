@@ -262,3 +262,19 @@ def test_committed_cpu_minilm_tables_rebuild(cli, tmp_path):
     for ext in ("md", "csv", "tex"):
         rebuilt = (tmp_path / "tables" / f"cpu_minilm.{ext}").read_bytes()
         assert rebuilt == (COMMITTED / "tables" / f"cpu_minilm.{ext}").read_bytes(), ext
+
+
+def test_plot_labels_at_one_point_do_not_overlap(tmp_path):
+    # three masks at one density with nearly equal scores: their labels are stacked, not drawn on top
+    from peft_cli.plot import LABEL_GAP, figure
+
+    for tag, acc in (("pafi-smallest", 0.700), ("pafi-random", 0.701), ("pafi-largest", 0.699), ("full", 0.75)):
+        n = 1000 if tag == "full" else 5
+        write_result(tmp_path, tag, "rte", 1, {"accuracy": acc}, trainable=n, stored=n, nbytes=40 * n)
+    fig = figure(table_of(tmp_path))
+    ax = fig.axes[0]
+    pos = {t.get_text(): t.get_window_extent().y0 * 72.0 / fig.dpi for t in ax.texts if t.get_text().startswith("pafi")}
+    ys = sorted(pos.values())
+    assert len(ys) == 3 and all(b - a >= LABEL_GAP - 0.01 for a, b in zip(ys, ys[1:]))
+    order = sorted(pos, key=pos.get)
+    assert order == ["pafi-largest", "pafi-smallest", "pafi-random"]  # stacked in score order (69.9, 70.0, 70.1)
