@@ -5,7 +5,8 @@ every `train.checkpoint_every` steps. Tensors go to safetensors (no pickle), sca
 
     <run>/checkpoint/state-<step>.safetensors   trainable params, best-epoch snapshot, AdamW moments, RNG
     <run>/checkpoint/state.json                 config_hash, epoch, step, step_in_epoch, history,
-                                                scheduler, and the name of its tensors file
+                                                scheduler, the method's state (e.g. a mask digest)
+                                                and the name of its tensors file
 
 A new checkpoint writes its tensors under a new name, then replaces state.json (atomically), and
 only then deletes the previous tensors: a kill at any moment (SIGKILL after SLURM's KillWait, OOM,
@@ -41,9 +42,14 @@ def _dir(run: Path) -> Path:
     return run / "checkpoint"
 
 
+class MethodChanged(Exception):
+    """The checkpoint's method state (e.g. a FISH mask's digest) differs from the rebuilt method's."""
+
+
 def save(run: Path, config_hash: str, progress: Progress, params: dict[str, "torch.Tensor"],
          best: dict[str, "torch.Tensor"] | None, optimizer: "torch.optim.Optimizer",
-         scheduler: "torch.optim.lr_scheduler.LRScheduler") -> None:
+         scheduler: "torch.optim.lr_scheduler.LRScheduler", method: dict[str, str] | None = None) -> None:
+    """`method`: the method's metadata (Method.metadata()), checked again on load."""
     import torch
 
     names = {id(p): n for n, p in params.items()}
@@ -68,16 +74,19 @@ def save(run: Path, config_hash: str, progress: Progress, params: dict[str, "tor
     save_tensors(d / name, tensors, {})
     write_json(d / "state.json", {"config_hash": config_hash, "tensors": name, "progress": asdict(progress),
                                   "adam_steps": steps, "scheduler": scheduler.state_dict(),
-                                  "has_best": best is not None})
+                                  "has_best": best is not None, "method": method or {}})
     for old in d.glob("state*.safetensors"):  # only now is the previous checkpoint superseded
         if old.name != name:
             old.unlink(missing_ok=True)
 
 
 def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimizer: "torch.optim.Optimizer",
-         scheduler: "torch.optim.lr_scheduler.LRScheduler") -> tuple[Progress, dict[str, "torch.Tensor"] | None] | None:
+         scheduler: "torch.optim.lr_scheduler.LRScheduler",
+         method: dict[str, str] | None = None) -> tuple[Progress, dict[str, "torch.Tensor"] | None] | None:
     """Restore a checkpoint written for the same config into params/optimizer/scheduler/RNG.
-    Returns (progress, best snapshot), or None when there is no usable checkpoint."""
+    Returns (progress, best snapshot), or None when there is no usable checkpoint. Raises
+    MethodChanged when the config matches but the method state does not: a FISH mask is recomputed
+    on resume, and its saved values belong to the mask they were trained with."""
     import torch
 
     d = _dir(run)
@@ -87,6 +96,9 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
         return None
     if meta.get("config_hash") != config_hash:
         return None
+    if meta.get("method", {}) != (method or {}):
+        raise MethodChanged(f"{d / 'state.json'} was saved with method state {meta.get('method', {})}, "
+                            f"the run now has {method or {}}")
     tensors, _ = load_tensors(d / meta.get("tensors", "state.safetensors"))
     with torch.no_grad():
         for n, p in params.items():
