@@ -8,6 +8,7 @@ Exit status (CONTRACT.md): 0 success; 2 bad usage/config/input (one line on stde
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -77,6 +78,12 @@ def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
     from peft_cli.train import train_run
 
     cfg = _compose(overrides)
+    # SLURM's USR1/TERM can arrive after the run completed, once train_run has put the previous
+    # handlers back: their default action would end this process with 138/143, and sweep.sbatch
+    # would requeue, and retrain, a finished run. Around train_run (whose own handlers checkpoint)
+    # this process ignores both; it is about to exit anyway.
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     r = train_run(cfg)
     test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
     print(f"{cfg.task.name} {r['method_tag']} seed {cfg.seed}: score {r['score']:.2f} ({test}); "

@@ -4,6 +4,7 @@ and a CLI runner. Every test works offline; real-data tests skip without ../shar
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,12 @@ def cli():
     runner = CliRunner()
 
     def invoke(*args: str):
-        return runner.invoke(app, list(args))
+        # `peftx train` makes its process ignore USR1/TERM (it is about to exit); not pytest's
+        saved = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        try:
+            return runner.invoke(app, list(args))
+        finally:
+            for s, h in saved.items():
+                signal.signal(s, h)
 
     return invoke

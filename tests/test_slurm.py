@@ -219,7 +219,7 @@ def test_preempted_task_resumes_and_completes(cluster, tiny_glue, tmp_path, how)
     """`scancel --signal=USR1 --batch` is what --signal=B:USR1@120 does before a time limit;
     `scontrol requeue` is what preemption with requeue does (SIGTERM, then back to the queue)."""
     res = tmp_path / "res"
-    steps = 300
+    steps = 2000  # ~20 s of training: the signal must land mid-run, not after it (300 steps took ~4 s)
     job = _submit(tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}",
                   "train.log_every=1")
     [run] = _runs(_smoke(tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}",
@@ -251,7 +251,7 @@ def test_scancel_stays_cancelled_and_resubmitting_resumes(cluster, tiny_glue, tm
     """scancel: the run checkpoints on SIGTERM but is NOT requeued; submitting the sweep again
     submits just that run, which resumes from the checkpoint."""
     res = tmp_path / "res"
-    extra = ("sweep.tasks=[rte]", "sweep.methods=[bitfit]", "train.max_steps=300", "train.log_every=1")
+    extra = ("sweep.tasks=[rte]", "sweep.methods=[bitfit]", "train.max_steps=2000", "train.log_every=1")
     job = _submit(tiny_glue, res, *extra)
     [run] = _runs(_smoke(tiny_glue, res, *extra))
     log = run.folder / "log.jsonl"
