@@ -69,6 +69,16 @@ def tiny_overrides(glue: Path, results: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """`peftx train` run in-process (here, or in a module fixture) leaves USR1/TERM ignored, as a real
+    process about to exit should. A child started by a later test would inherit that, and bash
+    cannot trap a signal ignored at entry: every test starts with the default handlers."""
+    yield
+    for s in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 @pytest.fixture
 def cli():
     """Invoke the Typer app in-process: cli("train", "task=rte") -> click Result."""
@@ -77,11 +87,10 @@ def cli():
     runner = CliRunner()
 
     def invoke(*args: str):
-        # `peftx train` makes its process ignore USR1/TERM (it is about to exit); not pytest's
         saved = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
         try:
             return runner.invoke(app, list(args))
-        finally:
+        finally:  # within one test too (see pytest_runtest_setup)
             for s, h in saved.items():
                 signal.signal(s, h)
 
