@@ -72,10 +72,11 @@ def place_labels(ax, labels: list[tuple[Row, str, float, dict]], mid: float) -> 
     """Each label beside its marker's edge (radius ~ sqrt(area)/2 points), towards the plot's centre.
     Labels of markers at (nearly) the same x on the same side are pushed apart vertically so that
     they never overlap (e.g. three masks at one density with close scores)."""
+    x = [math.log10(row.stored_pct) for row, _, _, _ in labels]
+    right = [xi <= mid for xi in x]
     groups: dict[tuple[bool, float], list[int]] = {}
-    for i, (row, _, _, _) in enumerate(labels):
-        right = math.log10(row.stored_pct) <= mid
-        groups.setdefault((right, round(math.log10(row.stored_pct), 1)), []).append(i)
+    for i in range(len(labels)):
+        groups.setdefault((right[i], round(x[i], 1)), []).append(i)
     to_pt = 72.0 / ax.figure.dpi
     dy = [0.0] * len(labels)
     for members in groups.values():
@@ -87,11 +88,10 @@ def place_labels(ax, labels: list[tuple[Row, str, float, dict]], mid: float) -> 
         shift = (sum(placed) - sum(y[i] for i in order)) / len(order)  # keep the group centred
         for i, p in zip(order, placed):
             dy[i] = p - shift - y[i]
-    for (row, text, area, kw), off in zip(labels, dy):
+    for (row, text, area, kw), off, r in zip(labels, dy, right):
         d = math.sqrt(area) / 2 + 2
-        right = math.log10(row.stored_pct) <= mid
-        ax.annotate(text, (row.stored_pct, row.avg), xytext=(d if right else -d, off), textcoords="offset points",
-                    ha="left" if right else "right", va="center", fontsize=7, **kw)
+        ax.annotate(text, (row.stored_pct, row.avg), xytext=(d if r else -d, off), textcoords="offset points",
+                    ha="left" if r else "right", va="center", fontsize=7, **kw)
 
 
 def write_plot(table: Table, stem: Path) -> list[Path]:

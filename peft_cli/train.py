@@ -189,8 +189,9 @@ def _fit(cfg, a: Assembled, model, out: Path, chash: str, device, bf16: bool, lo
     opt, sched = make_optimizer(cfg, params, total)
     state = checkpoint.Progress()
     best: dict[str, torch.Tensor] | None = None
+    method_state = a.method.metadata()  # fixed once prepared (PaFi: the mask digest, hashed once)
     try:
-        restored = checkpoint.load(out, chash, params, opt, sched, a.method.metadata())
+        restored = checkpoint.load(out, chash, params, opt, sched, method_state)
     except checkpoint.MethodChanged as e:  # never mix two masks' values: start over, and say so
         print(f"peftx: checkpoint discarded, the run starts from step 0: {e}", file=sys.stderr)
         log.write(event="checkpoint_discarded", reason=str(e))
@@ -222,7 +223,7 @@ def _fit(cfg, a: Assembled, model, out: Path, chash: str, device, bf16: bool, lo
                     log.write(step=state.step, epoch=state.epoch, loss=loss, lr=sched.get_last_lr()[0])
                 bar.update(task, advance=1, info=f"loss {loss:.4f}")
                 if stop.is_set() or (cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0):
-                    checkpoint.save(out, chash, state, params, best, opt, sched, a.method.metadata())
+                    checkpoint.save(out, chash, state, params, best, opt, sched, method_state)
                     if stop.is_set():
                         raise Interrupted(f"stopped by signal at step {state.step}; checkpoint saved, rerun to resume")
             val, _ = evaluate_split(cfg, model, a.data.validation, device, bf16)
