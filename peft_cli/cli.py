@@ -2,13 +2,13 @@
 Hydra overrides, calls one library function, and prints. Heavy imports (torch, transformers,
 Hydra) happen inside the commands, so `peftx --help` stays fast.
 
-Exit status (CONTRACT.md): 0 success; 2 bad usage/config/input (one line on stderr); 1 a run failed.
+Exit status (the README's contract): 0 success; 2 bad usage/config/input (one line on stderr);
+1 a run failed.
 """
 
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -38,7 +38,7 @@ def command(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from peft_cli.errors import UserError
+        from peft_cli.core.errors import Interrupted, UserError
 
         try:
             return fn(*args, **kwargs)
@@ -50,12 +50,10 @@ def command(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             _err("interrupted")
             raise typer.Exit(1) from None
+        except Interrupted as e:
+            _err(f"run cancelled: {e}")
+            raise typer.Exit(1) from None
         except Exception as e:  # a run failed while training/evaluating
-            from peft_cli.train import Interrupted
-
-            if isinstance(e, Interrupted):
-                _err(f"run cancelled: {e}")
-                raise typer.Exit(1) from None
             if _state["debug"]:
                 raise
             _err(f"run failed: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
@@ -65,7 +63,7 @@ def command(fn: Callable) -> Callable:
 
 
 def _compose(overrides: Optional[List[str]]):
-    from peft_cli.config import compose
+    from peft_cli.core.compose import compose
 
     return compose(list(overrides or []))
 
@@ -74,16 +72,16 @@ def _compose(overrides: Optional[List[str]]):
 @command
 def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
     """One run: ${model} x ${task} x ${method} x ${seed} -> results/runs/..."""
-    from peft_cli.assembly import run_folder
-    from peft_cli.train import train_run
+    from peft_cli.core.signals import ignore_stop_signals
+    from peft_cli.run.identity import run_folder
+    from peft_cli.run.train import train_run
 
     cfg = _compose(overrides)
     # SLURM's USR1/TERM can arrive after the run completed, once train_run has put the previous
     # handlers back: their default action would end this process with 138/143, and sweep.sbatch
     # would requeue, and retrain, a finished run. Around train_run (whose own handlers checkpoint)
     # this process ignores both; it is about to exit anyway.
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals()
     r = train_run(cfg)
     test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
     print(f"{cfg.task.name} {r['method_tag']} seed {cfg.seed}: score {r['score']:.2f} ({test}); "
@@ -96,7 +94,7 @@ def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
 def eval_(run_dir: Path = typer.Argument(..., help="a run folder (holds result.json, config.yaml)"),
           overrides: Optional[List[str]] = OVERRIDES) -> None:
     """Reload base model + stored artifact, re-evaluate the test split(s), write eval.json."""
-    from peft_cli.evaluate import evaluate_run
+    from peft_cli.run.evaluate import evaluate_run
 
     r = evaluate_run(run_dir, _dotted(overrides))
     test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
@@ -108,7 +106,7 @@ def _dotted(overrides: Optional[List[str]]) -> dict:
     """`key.path=value` pairs for commands that read a run's saved config (eval, export)."""
     import yaml
 
-    from peft_cli.errors import UserError
+    from peft_cli.core.errors import UserError
 
     out = {}
     for item in overrides or []:
@@ -123,9 +121,26 @@ def _dotted(overrides: Optional[List[str]]) -> dict:
 @command
 def mask(overrides: Optional[List[str]] = OVERRIDES) -> None:
     """Build, or reuse, the shared mask for ${model} (mask.strategy, mask.density, ...)."""
-    from peft_cli.shared_mask import build_for_config
+    from peft_cli.methods import mask_owner
 
-    build_for_config(_compose(overrides), show=True)
+    found = mask_owner().build_mask(_compose(overrides))
+    _print_mask(found.meta, found.path, found.built)
+
+
+def _print_mask(meta: dict, path: Path, built: bool) -> None:
+    """The mask's breakdown of k by module type, as its sidecar json records it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    k = meta["k"]
+    table = Table(title=f"{'built' if built else 'reused'} {path}  (k={k:,} of {meta['candidates']:,} candidates, "
+                        f"{meta['strategy']}, {meta['scope']})")
+    table.add_column("module type")
+    table.add_column("k", justify="right")
+    table.add_column("share of k", justify="right")
+    for kind, n in meta["breakdown"].items():
+        table.add_row(kind, f"{n:,}", f"{100 * n / max(k, 1):.1f}%")
+    Console().print(table)
 
 
 @app.command()
@@ -134,7 +149,7 @@ def sweep(overrides: Optional[List[str]] = OVERRIDES,
           dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
           retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again.")) -> None:
     """Run the grid of sweep=NAME locally or on SLURM; idempotent (completed runs are skipped)."""
-    from peft_cli.sweep import run_sweep
+    from peft_cli.sweep.runner import run_sweep
 
     failed = run_sweep(list(overrides or []), dry_run=dry_run, retry_failed=retry_failed)
     if failed:
@@ -145,8 +160,8 @@ def sweep(overrides: Optional[List[str]] = OVERRIDES,
 @command
 def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
     """Tables (Markdown, CSV, LaTeX) and a plot from the completed runs of ${experiment}."""
-    from peft_cli.config import compose_dict
-    from peft_cli.report import report_from_config
+    from peft_cli.core.compose import compose_dict
+    from peft_cli.report.main import report_from_config
 
     for path in report_from_config(compose_dict(list(overrides or [])), show=True):
         print(path)
@@ -158,7 +173,7 @@ def export(run_dir: Path = typer.Argument(..., help="a run folder"),
            out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model"),
            overrides: Optional[List[str]] = OVERRIDES) -> None:
     """Merged plain Hugging Face model; loading it needs no peftx."""
-    from peft_cli.export import export_run
+    from peft_cli.run.export import export_run
 
     r = export_run(run_dir, out_dir, _dotted(overrides))
     check = r["logits_check"]

@@ -13,8 +13,8 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peft_cli.config import ModelConfig, TaskConfig
-from peft_cli.errors import UserError
+from peft_cli.core.config import ModelConfig, TaskConfig
+from peft_cli.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch

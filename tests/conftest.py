@@ -69,6 +69,14 @@ def tiny_overrides(glue: Path, results: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def prepare(method, model):
+    """What the harness does before training: freeze the backbone, then `method.prepare`."""
+    from peft_cli.methods.base import freeze_backbone
+
+    freeze_backbone(model)
+    return method.prepare(model)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     """`peftx train` run in-process (here, or in a module fixture) leaves USR1/TERM ignored, as a real

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from peft_cli.config import DataConfig, compose
-from peft_cli.data import load_splits, read_tsv
-from peft_cli.errors import UserError
+from peft_cli.core.compose import compose
+from peft_cli.core.config import DataConfig
+from peft_cli.data.glue import load_splits, read_tsv
+from peft_cli.core.errors import UserError
 
 
 def task(name):

@@ -44,7 +44,7 @@ def plain_transformers(folders: list[Path]) -> dict[str, dict]:
 
 def run_logits(run: Path) -> torch.Tensor:
     """Logits of the run's model as `peftx eval` rebuilds it (base + artifact, before any merge)."""
-    from peft_cli.evaluate import restore
+    from peft_cli.run.evaluate import restore
     from peft_cli.models import load_tokenizer
 
     r = restore(run)
@@ -120,9 +120,9 @@ def check_export(run: Path, out: Path, got: dict, model: str, task: str) -> None
 
 def base_logits(model: str, task: str) -> torch.Tensor:
     """The untrained base model with the run's head init (seed 42), for "training changed something"."""
-    from peft_cli.config import compose
+    from peft_cli.core.compose import compose
     from peft_cli.models import load_model, load_tokenizer
-    from peft_cli.runtime import seed_everything
+    from peft_cli.core.runtime import seed_everything
 
     cfg = compose([f"model={model}", f"task={task}"])
     seed_everything(cfg.seed)

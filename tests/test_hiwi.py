@@ -7,10 +7,12 @@ import copy
 from pathlib import Path
 
 import pytest
+
+from conftest import prepare
 import torch
 
-from peft_cli.config import compose
-from peft_cli.errors import UserError
+from peft_cli.core.compose import compose
+from peft_cli.core.errors import UserError
 from peft_cli.methods import MethodContext, build_method, method_tag
 from peft_cli.models import backbone_parameters, load_model
 
@@ -25,7 +27,7 @@ def _setup(model: str = "tiny-random", **method: object):
         for n, p in backbone_parameters(base).items():
             if n.endswith(".bias"):
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    ctx = MethodContext(model, "fp", Path("unused"), cfg.mask, 0, torch.device("cpu"))
+    ctx = MethodContext(model, "fp", Path("unused"), cfg.mask)
     return cfg, base, (lambda: build_method(cfg.method, ctx))
 
 
@@ -48,7 +50,7 @@ def _perturb(model: torch.nn.Module) -> None:
 def test_step0_equals_base_model(model):
     _, base, make = _setup(model)
     x = _inputs()
-    prepared = make().prepare(copy.deepcopy(base)).eval()
+    prepared = prepare(make(), copy.deepcopy(base)).eval()
     assert torch.equal(prepared(**x).logits, base(**x).logits)  # W_up = 0, b_up = 0: g(p) = p exactly
 
 
@@ -57,7 +59,7 @@ def test_merged_equals_unmerged_and_artifact_holds_only_targets(model):
     _, base, make = _setup(model)
     x = _inputs()
     method = make()
-    prepared = method.prepare(copy.deepcopy(base)).eval()
+    prepared = prepare(method, copy.deepcopy(base)).eval()
     _perturb(prepared)
     trained = prepared(**x).logits
     assert not torch.allclose(trained, base(**x).logits)  # the adapter does act
@@ -79,7 +81,7 @@ def test_merged_equals_unmerged_and_artifact_holds_only_targets(model):
 
 def test_gradients_reach_adapter_through_frozen_p():
     _, base, make = _setup()
-    prepared = make().prepare(copy.deepcopy(base))
+    prepared = prepare(make(), copy.deepcopy(base))
     _perturb(prepared)
     prepared(**_inputs(), labels=torch.tensor([0, 1, 0])).loss.backward()
     named = dict(prepared.named_parameters())
@@ -93,7 +95,7 @@ def test_gradients_reach_adapter_through_frozen_p():
 def test_weight_targets_work_along_the_input_dimension():
     _, base, make = _setup(targets=r"['\.intermediate\.dense\.weight$']", r=3)
     method = make()
-    prepared = method.prepare(copy.deepcopy(base)).eval()
+    prepared = prepare(method, copy.deepcopy(base)).eval()
     down = [p for n, p in prepared.named_parameters() if n.endswith("down.weight")]
     hidden = base.config.hidden_size  # the (intermediate, hidden) weight is `intermediate` rows of length hidden
     assert down and all(p.shape == (3, hidden) for p in down)
@@ -107,7 +109,7 @@ def test_weight_targets_work_along_the_input_dimension():
 
 def test_shared_adapter_is_one_module_across_layers():
     _, base, make = _setup(shared="true", r=4)
-    prepared = make().prepare(copy.deepcopy(base))
+    prepared = prepare(make(), copy.deepcopy(base))
     d = base.config.intermediate_size
     trainable = sum(p.numel() for p in backbone_parameters(prepared).values() if p.requires_grad)
     assert trainable == 2 * d * 4 + 4 + d  # one Bottleneck(d, 4), not one per layer
@@ -124,8 +126,8 @@ def test_roberta_base_stored_and_trainable_arithmetic():
     backbone = sum(p.numel() for p in backbone_parameters(model).values())
     assert backbone == 124_055_040  # 124.6M less the pooler (768 x 769), which the classifier does not use
     cfg = compose(["method=hiwi"])
-    method = build_method(cfg.method, MethodContext("roberta-base", "fp", Path("unused"), cfg.mask, 0, torch.device("meta")))
-    method.prepare(model)
+    method = build_method(cfg.method, MethodContext("roberta-base", "fp", Path("unused"), cfg.mask))
+    prepare(method, model)
     stored = sum(getattr(m, a).numel() for m, a in method.targets.values())  # what artifact() writes
     trainable = sum(p.numel() for p in backbone_parameters(model).values() if p.requires_grad)
     assert stored == 12 * 3072 == 36_864
@@ -147,4 +149,4 @@ def test_tags_name_the_variant():
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         _, base, make = _setup(**dict([override.split("=", 1)]))
-        make().prepare(base)
+        prepare(make(), base)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
-from peft_cli.config import compose
-from peft_cli.errors import NotMergeable, UserError
+from conftest import prepare, tiny_overrides
+from peft_cli.core.compose import compose
+from peft_cli.core.errors import NotMergeable, UserError
 from peft_cli.methods import MethodContext, build_method
 from peft_cli.models import backbone_parameters, head_parameters, load_model
 
@@ -23,7 +23,7 @@ MODELS = ["tiny-random", "tiny-random-roberta"]
 def _setup(model: str, method: str, *overrides: str):
     cfg = compose([f"model={model}", f"method={method}", *overrides])
     base = load_model(cfg.model, cfg.task).eval()
-    ctx = MethodContext(model, "fp", Path("unused"), cfg.mask, 0, torch.device("cpu"))
+    ctx = MethodContext(model, "fp", Path("unused"), cfg.mask)
     return base, (lambda: build_method(cfg.method, ctx))
 
 
@@ -48,7 +48,7 @@ def test_step0_artifact_and_reload(model, method, new):
     base, make = _setup(model, method)
     x = _inputs()
     m = make()
-    prepared = m.prepare(copy.deepcopy(base)).eval()
+    prepared = prepare(m, copy.deepcopy(base)).eval()
     assert torch.equal(prepared(**x).logits, base(**x).logits)  # zero-init B / W_up
     trainable = {n for n, p in backbone_parameters(prepared).items() if p.requires_grad}
     assert trainable and all(any(s in n for s in new) for n in trainable)  # only the new matrices
@@ -68,7 +68,7 @@ def test_lora_keeps_the_head_objects_and_merges_to_a_plain_model(model):
     fresh = copy.deepcopy(base)
     head = head_parameters(fresh)
     m = make()
-    prepared = m.prepare(fresh).eval()
+    prepared = prepare(m, fresh).eval()
     assert prepared is fresh and all(p is head[n] for n, p in head_parameters(prepared).items())
     _train_stand_in(prepared)
     trained = prepared(**x).logits
@@ -81,7 +81,7 @@ def test_lora_keeps_the_head_objects_and_merges_to_a_plain_model(model):
 def test_lora_never_targets_the_head():
     # RoBERTa's head has its own `dense`; targeting `dense` must only reach the backbone's
     base, make = _setup("tiny-random-roberta", "lora", "method.target_modules=[dense]")
-    prepared = make().prepare(copy.deepcopy(base))
+    prepared = prepare(make(), copy.deepcopy(base))
     assert not any(".lora_" in n for n in head_parameters(prepared))
     assert any(".lora_" in n for n in backbone_parameters(prepared))
 
@@ -89,14 +89,14 @@ def test_lora_never_targets_the_head():
 def test_lora_unknown_target_is_a_user_error():
     base, make = _setup("tiny-random", "lora", "method.target_modules=[q_proj]")
     with pytest.raises(UserError, match="method.target_modules"):
-        make().prepare(base)
+        prepare(make(), base)
 
 
 @pytest.mark.parametrize("method, per_layer", [("adapter_houlsby", 2), ("adapter_pfeiffer", 1)])
 def test_adapter_sites_width_and_no_merge(method, per_layer):
     base, make = _setup("tiny-random-roberta", method, "method.reduction_factor=8")
     m = make()
-    prepared = m.prepare(copy.deepcopy(base))
+    prepared = prepare(m, copy.deepcopy(base))
     downs = {n: p for n, p in prepared.named_parameters() if n.endswith("adapter.down.weight")}
     assert len(downs) == per_layer * base.config.num_hidden_layers
     assert {p.shape for p in downs.values()} == {(base.config.hidden_size // 8, base.config.hidden_size)}

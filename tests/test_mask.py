@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from peft_cli import mask as M
-from peft_cli.errors import UserError
-from peft_cli.mask import MaskSpec
+from peft_cli.methods.pafi import select as M
+from peft_cli.core.errors import UserError
+from peft_cli.methods.pafi.select import MaskSpec
 
 
 @pytest.fixture(params=["default", "small_chunks", "three_pass"])

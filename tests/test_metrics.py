@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from peft_cli.metrics import compute
+from peft_cli.data.metrics import compute
 
 
 def test_accuracy_and_f1_by_hand():

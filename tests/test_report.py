@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from peft_cli.errors import UserError
-from peft_cli.reference import load_reference
-from peft_cli.render import to_csv, to_latex, to_markdown
-from peft_cli.report import Cell, build_table, collect, report_config, report_from_config
+from peft_cli.core.errors import UserError
+from peft_cli.report.reference import load_reference
+from peft_cli.report.render import to_csv, to_latex, to_markdown
+from peft_cli.report.build import build_table, collect, report_config
+from peft_cli.report.main import report_from_config
+from peft_cli.report.table import Cell
 
 HEADLINE = {"rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson", "mnli": "accuracy",
             "cola": "matthews_correlation"}
@@ -266,7 +268,7 @@ def test_committed_cpu_minilm_tables_rebuild(cli, tmp_path):
 
 def test_plot_labels_at_one_point_do_not_overlap(tmp_path):
     # three masks at one density with nearly equal scores: their labels are stacked, not drawn on top
-    from peft_cli.plot import LABEL_GAP, figure
+    from peft_cli.report.plot import LABEL_GAP, figure
 
     for tag, acc in (("pafi-smallest", 0.700), ("pafi-random", 0.701), ("pafi-largest", 0.699), ("full", 0.75)):
         n = 1000 if tag == "full" else 5

@@ -19,10 +19,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_overrides
-from peft_cli import results, train
-from peft_cli.assembly import run_folder
-from peft_cli.config import compose
-from peft_cli.train import Interrupted, train_run
+from peft_cli.core import files
+from peft_cli.core.compose import compose
+from peft_cli.core.errors import Interrupted
+from peft_cli.run import record as results
+from peft_cli.run.identity import config_hash, run_folder
+from peft_cli.run.train import train_run
+from peft_cli.run.trainer import Trainer
 
 # tiny_glue: 48 train examples / batch 8 = 6 steps per epoch, 2 epochs = 12 steps
 STEPS_PER_EPOCH = 6
@@ -31,7 +34,7 @@ STEPS_PER_EPOCH = 6
 def _signal_after(monkeypatch, stops: list[int], sig: int) -> list[int]:
     """Make the process signal itself right after global optimizer step `stops[0]` (then `stops[1]`,
     ...; calls count across reruns), as SLURM would: the real handler and checkpoint path run."""
-    real_step = train._step
+    real_step = Trainer._step
     done = [0]
 
     def step(*args, **kwargs):
@@ -42,12 +45,12 @@ def _signal_after(monkeypatch, stops: list[int], sig: int) -> list[int]:
             os.kill(os.getpid(), sig)
         return loss
 
-    monkeypatch.setattr(train, "_step", step)
+    monkeypatch.setattr(Trainer, "_step", step)
     return done
 
 
 def _artifact(folder: Path) -> dict:
-    tensors, _ = results.load_tensors(folder / "artifact.safetensors")
+    tensors, _ = files.load_tensors(folder / "artifact.safetensors")
     return tensors
 
 
@@ -85,7 +88,7 @@ def test_resume_after_signal_equals_uninterrupted(tiny_glue, tmp_path, monkeypat
             train_run(cfg)
         r = results.read_result(folder_b / "result.json")
         assert r["status"] == "cancelled" and r["resumable"] is True
-        assert not results.is_completed(folder_b, cfg.config_hash())
+        assert not results.is_completed(folder_b, config_hash(cfg))
     resumed = train_run(cfg)
 
     _assert_same_run(plain, resumed, folder_a, folder_b)
@@ -151,7 +154,7 @@ def test_checkpoint_survives_a_kill_while_saving(tmp_path, monkeypatch):
     still whole and is what a rerun resumes from."""
     import torch
 
-    from peft_cli import checkpoint
+    from peft_cli.run import checkpoint
 
     layer = torch.nn.Linear(3, 2)
     params = dict(layer.named_parameters())
@@ -189,7 +192,7 @@ def test_truncated_result_is_never_completed(tmp_path):
     good = {"status": "completed", "experiment": "e", "model": "m", "task": "rte", "method": "full",
             "method_tag": "full", "seed": 1, "metrics": {"validation": {}, "test": {"accuracy": 0.5}}, "score": 50.0,
             "params": {}, "stored_bytes": 1, "time": {}, "config_hash": "abc", "versions": {}}
-    results.write_json(tmp_path / "result.json", good)
+    files.write_json(tmp_path / "result.json", good)
     assert results.is_completed(tmp_path, "abc")
     assert not results.is_completed(tmp_path, "other")  # a different config in the same folder
     text = (tmp_path / "result.json").read_text()
@@ -199,7 +202,7 @@ def test_truncated_result_is_never_completed(tmp_path):
         assert not results.is_completed(tmp_path, "abc")
     (tmp_path / "result.json").write_text("")
     assert results.read_result(tmp_path / "result.json") is None
-    results.write_json(tmp_path / "result.json", {k: v for k, v in good.items() if k != "score"})
+    files.write_json(tmp_path / "result.json", {k: v for k, v in good.items() if k != "score"})
     assert results.read_result(tmp_path / "result.json") is None  # a required key missing
 
 
@@ -215,9 +218,9 @@ def test_kill_9_then_sweep_completes_every_run_once(tiny_glue, tmp_path):
     """SIGKILL gives train.py no chance to write anything: result.json stays 'running' and a periodic
     checkpoint is left behind. Rerunning the sweep (real `peftx train` subprocesses) finishes the run
     exactly once, resumed from that checkpoint, with the metrics of an uninterrupted run."""
-    from peft_cli.config import compose_dict
-    from peft_cli.grid import expand, sweep_config
-    from peft_cli.sweep import run_sweep
+    from peft_cli.core.compose import compose_dict
+    from peft_cli.sweep.grid import expand, sweep_config
+    from peft_cli.sweep.runner import run_sweep
 
     res = tmp_path / "res"
     args = ["sweep=smoke", f"data.glue_dir={tiny_glue}", f"results.dir={res}", "sweep.tasks=[rte]",
@@ -237,7 +240,7 @@ def test_kill_9_then_sweep_completes_every_run_once(tiny_glue, tmp_path):
     proc.wait()
     r = results.read_result(run.folder / "result.json")
     assert r is not None and r["status"] == "running"  # what a killed run leaves behind
-    assert not results.is_completed(run.folder, run.cfg.config_hash())
+    assert not results.is_completed(run.folder, config_hash(run.cfg))
 
     assert run_sweep(args) == 0
     found = list(results.iter_results(res))

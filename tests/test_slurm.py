@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from peft_cli import results
-from peft_cli.grid import expand, sweep_config
-from peft_cli.sweep import run_sweep
+from peft_cli.run import record as results
+from peft_cli.run.identity import config_hash
+from peft_cli.sweep.grid import expand, sweep_config
+from peft_cli.sweep.runner import run_sweep
 
 SUBMIT = REPO / "scripts" / "slurm" / "submit.sh"
 SBATCH_SCRIPT = REPO / "scripts" / "slurm" / "sweep.sbatch"
@@ -39,7 +40,7 @@ def _smoke(glue, res, *extra: str) -> list[str]:
 
 
 def _runs(args: list[str]):
-    from peft_cli.config import compose_dict
+    from peft_cli.core.compose import compose_dict
 
     return expand(sweep_config(compose_dict(args)["sweep"]), args)
 
@@ -200,7 +201,7 @@ def test_array_completes_every_run(cluster, tiny_glue, tmp_path, capfd):
     runs = _runs(_smoke(tiny_glue, res))
     assert len(runs) == 4  # 2 tasks x 2 methods
     for r in runs:
-        assert results.is_completed(r.folder, r.cfg.config_hash()), (r.folder / "result.json").read_text()
+        assert results.is_completed(r.folder, config_hash(r.cfg)), (r.folder / "result.json").read_text()
     logs = res / "slurm" / "smoke"
     for i in range(4):
         out = (logs / f"{job}_{i}.out").read_text()
@@ -265,5 +266,5 @@ def test_scancel_stays_cancelled_and_resubmitting_resumes(cluster, tiny_glue, tm
     job2 = _submit(tiny_glue, res, *extra)
     assert job2 != job
     _wait(job2, 900)
-    assert results.is_completed(run.folder, run.cfg.config_hash())
+    assert results.is_completed(run.folder, config_hash(run.cfg))
     assert sum('"resume"' in line for line in log.read_text().splitlines()) == 1

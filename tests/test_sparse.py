@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-from peft_cli import sparse as S
-from peft_cli.errors import UserError
-from peft_cli.sparse import apply_values, attach
+from peft_cli.methods.pafi import sparse as S
+from peft_cli.core.errors import UserError
+from peft_cli.methods.pafi.sparse import apply_values, attach
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=200,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip

@@ -13,12 +13,14 @@ import signal
 
 import pytest
 
-from peft_cli import results
-from peft_cli.config import compose
-from peft_cli.errors import UserError
-from peft_cli.grid import MethodEntry, SweepConfig, TaskEntry, expand, merge_overrides, sweep_config
-from peft_cli.launchers import local
-from peft_cli.sweep import run_sweep
+from peft_cli.core import files
+from peft_cli.core.compose import compose
+from peft_cli.core.errors import UserError
+from peft_cli.run import record as results
+from peft_cli.run.identity import config_hash
+from peft_cli.sweep.grid import MethodEntry, SweepConfig, TaskEntry, expand, merge_overrides, sweep_config
+from peft_cli.sweep.launchers import local
+from peft_cli.sweep.runner import run_sweep
 
 
 class Finished:
@@ -41,7 +43,7 @@ class Finished:
 def launched(monkeypatch):
     """Run each started run in-process (real training); returns the list of started override lists.
     Set `launched.fail` to a method name to make that method's runs fail (status failed, exit 1)."""
-    from peft_cli.train import train_run
+    from peft_cli.run.train import train_run
 
     class Calls(list):
         fail: str | None = None
@@ -51,11 +53,11 @@ def launched(monkeypatch):
     def start(run, env):
         calls.append(run.overrides)
         if run.cfg.method["name"] == calls.fail:
-            results.write_json(run.folder / "result.json", {
+            files.write_json(run.folder / "result.json", {
                 "status": "failed", "experiment": run.cfg.experiment, "model": run.cfg.model.name,
                 "task": run.cfg.task.name, "method": run.cfg.method["name"], "method_tag": run.cfg.method["name"],
                 "seed": run.cfg.seed, "metrics": {}, "score": None, "params": {}, "stored_bytes": None, "time": {},
-                "config_hash": run.cfg.config_hash(), "versions": {}, "error": "RuntimeError: simulated crash"})
+                "config_hash": config_hash(run.cfg), "versions": {}, "error": "RuntimeError: simulated crash"})
             return Finished(1)
         train_run(compose([*run.overrides, "train.progress=false"]))
         return Finished(0)
@@ -117,7 +119,7 @@ def test_sweep_file_shorthand_and_errors():
 
 
 def _shipped() -> list[str]:
-    from peft_cli.config import conf_dir
+    from peft_cli.core.compose import conf_dir
 
     return sorted(p.stem for p in (conf_dir() / "sweep").glob("*.yaml"))
 
@@ -138,7 +140,7 @@ def test_shipped_sweep_expands(name, tmp_path):
 
 
 def _root(name: str) -> dict:
-    from peft_cli.config import compose_dict
+    from peft_cli.core.compose import compose_dict
 
     return compose_dict([f"sweep={name}"])
 
@@ -206,13 +208,15 @@ def test_dry_run_lists_runs_and_runs_nothing(tiny_glue, tmp_path, launched, caps
 
 def test_interrupted_run_is_pending_and_resumes(tiny_glue, tmp_path, launched, capsys):
     """A run left 'running' (killed) or 'cancelled' with a checkpoint is rerun; the listing says where it resumes."""
-    from peft_cli import train
+    from peft_cli.core.errors import Interrupted
+    from peft_cli.run.train import train_run
+    from peft_cli.run.trainer import Trainer
 
     args = smoke(tiny_glue, tmp_path, "sweep.methods=[bitfit]")
     [run] = expand(sweep_config(_root("smoke")["sweep"] | {"tasks": ["rte"], "methods": ["bitfit"]}), args)
     cfg = compose(run.overrides)  # the sweep's run, started by hand and stopped after step 4
 
-    real_step, n = train._step, [0]
+    real_step, n = Trainer._step, [0]
 
     def step(*a, **k):
         n[0] += 1
@@ -220,16 +224,16 @@ def test_interrupted_run_is_pending_and_resumes(tiny_glue, tmp_path, launched, c
             os.kill(os.getpid(), signal.SIGUSR1)
         return real_step(*a, **k)
 
-    train._step = step
+    Trainer._step = step
     try:
-        with pytest.raises(train.Interrupted):
-            train.train_run(cfg, progress=False)
+        with pytest.raises(Interrupted):
+            train_run(cfg, progress=False)
     finally:
-        train._step = real_step
+        Trainer._step = real_step
     assert run_sweep(args, dry_run=True) == 0
     assert "cancelled, resumes at step 4" in capsys.readouterr().out
     assert run_sweep(args) == 0 and len(launched) == 1
-    assert results.is_completed(run.folder, cfg.config_hash())
+    assert results.is_completed(run.folder, config_hash(cfg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,11 +263,13 @@ def test_no_sweep_selected_exits_2(cli):
 
 def test_shared_masks_built_once_before_any_run(tiny_glue, tmp_path, monkeypatch):
     """One build per distinct (model, mask) among pending runs that need one; none for FISH or bitfit."""
-    from peft_cli import shared_mask
+    from types import SimpleNamespace
+
+    from peft_cli.methods.pafi import method as pafi_method
 
     events: list[str] = []
-    monkeypatch.setattr(shared_mask, "build_for_config", lambda cfg, show=False: events.append(
-        f"mask {cfg.model.name} {cfg.mask.strategy}") or tmp_path / "m")
+    monkeypatch.setattr(pafi_method, "build_for_config", lambda cfg: events.append(
+        f"mask {cfg.model.name} {cfg.mask.strategy}") or SimpleNamespace(path=tmp_path / "m"))
     monkeypatch.setattr(local, "start", lambda run, env: events.append(f"run {run.label}") or Finished(1))
     monkeypatch.setattr(local, "POLL_S", 0.0)
     methods = "[pafi,{method:pafi,overrides:['mask.strategy=random']},{method:pafi,overrides:['mask.strategy=fisher']},bitfit]"

@@ -8,7 +8,7 @@ import pytest
 from safetensors import safe_open
 
 from conftest import tiny_overrides
-from peft_cli.results import REQUIRED_KEYS
+from peft_cli.run.record import REQUIRED_KEYS
 
 
 def run_folder(results, method_tag, task="rte", seed=42, model="tiny-random"):
@@ -79,7 +79,7 @@ def test_eval_reproduces_run_metrics(trained, cli):
 
 def test_frozen_backbone_unchanged_by_bitfit(trained):
     """Every non-bias backbone weight in the run equals the pre-trained one: only biases moved."""
-    from peft_cli.config import compose
+    from peft_cli.core.compose import compose
     from peft_cli.models import backbone_parameters, load_model
 
     cfg = compose(["model=tiny-random"])

@@ -26,15 +26,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from peft_cli.errors import NotMergeable, UserError
+from peft_cli.core.errors import NotMergeable, UserError
 from peft_cli.methods.base import Method, load_backbone, stored_backbone
-from peft_cli.models import backbone_parameters
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from peft_cli.config import MaskConfig
+    from peft_cli.core.config import MaskConfig
 
 ATTENTION_OUT = r"\.layer\.\d+\.attention\.output\.dense$"  # BertSelfOutput / RobertaSelfOutput .dense
 FFN_OUT = r"\.layer\.\d+\.output\.dense$"  # BertOutput / RobertaOutput .dense
@@ -89,9 +88,7 @@ class BottleneckAdapters(Method):
         return model
 
     def prepare(self, model: "nn.Module") -> "nn.Module":
-        for p in backbone_parameters(model).values():
-            p.requires_grad_(False)  # LayerNorms included
-        return self._insert(model)  # new parameters require grad
+        return self._insert(model)  # new parameters require grad; the base LayerNorms stay frozen
 
     def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
         return stored_backbone(model, _is_adapter)

@@ -1,10 +1,14 @@
 """The Method protocol: what every fine-tuning method tells the harness.
 
-A method is one file in this package (a config dataclass + a `Method` subclass) and one line in
-`methods/__init__.py`. The harness owns everything that is common to all methods:
+A method is one module or subpackage here (a config dataclass + a `Method` subclass) and one
+line in `methods/__init__.py`. The harness owns everything that is common to all methods, and
+never names a method:
 
+* the backbone is frozen before `prepare` (every backbone parameter has requires_grad=False),
+  so `prepare` only switches on, or adds, what the method trains;
 * the task head (`classifier.*`) is always trainable, always stored, and counted apart, so a
   method never touches it;
+* weight decay: `decays(name)` says whether one of the method's trainable parameters takes it;
 * `params.trainable` = parameters with `requires_grad` after `prepare`, head excluded;
 * `params.stored`    = floating-point elements of `artifact()` (integer index tensors that a
   method must store, e.g. FISH's per-task mask, count in `stored_bytes` but not as parameters).
@@ -12,7 +16,8 @@ A method is one file in this package (a config dataclass + a `Method` subclass) 
 Life cycle of one run::
 
     method = build_method(method_cfg, ctx)          # methods/__init__.py
-    model  = method.prepare(base_model)             # freeze / inject / select; may wrap
+    freeze(base_model backbone)                     # the harness
+    model  = method.prepare(base_model)             # unfreeze / inject / select; may wrap
     ... train; snapshots copy `p.data` of trainable params and restore it with `copy_` ...
     tensors = method.artifact(model)                # what goes into artifact.safetensors
     # later, in another process:
@@ -31,25 +36,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
-from peft_cli.errors import NotMergeable
+from peft_cli.core.errors import NotMergeable, UserError
+from peft_cli.models import backbone_parameters
 
 if TYPE_CHECKING:  # keep `peftx --help` free of torch
     import torch
     from torch import nn
 
-    from peft_cli.config import MaskConfig
+    from peft_cli.core.config import MaskConfig, RunConfig
 
 
 @dataclass
 class MethodContext:
-    """What a method may need beyond its own config. Built by train/evaluate, never by methods."""
+    """What a method may need beyond its own config. Built by the run layer, never by methods."""
 
     model_name: str  # the `model` config name, e.g. "minilm-l6" (mask files live under it)
     fingerprint: str  # fingerprint of the pre-trained backbone (models.fingerprint)
     results_dir: Path
     mask: "MaskConfig"  # the top-level `mask.*` config (PaFi and its ablations read it)
-    seed: int
-    device: "torch.device"
     # Yields training batches (dicts of tensors on `device`, with "labels"). Only data-dependent
     # selection (FISH) calls it; None in `eval`/`export`, where the artifact says everything.
     train_batches: Callable[[], Iterable[dict[str, "torch.Tensor"]]] | None = None
@@ -72,10 +76,27 @@ class Method(ABC):
         without loading a model."""
         return cls.name
 
+    @classmethod
+    def shared_resource(cls, cfg: "RunConfig") -> "SharedResource | None":
+        """Something many runs share and that should be built once, before any of them starts
+        (PaFi: the shared mask file). None: nothing. Sweeps build each distinct one once."""
+        return None
+
+    @classmethod
+    def build_mask(cls, cfg: "RunConfig") -> Any:
+        """Methods with `uses_mask`: build, or reuse, the shared mask that `mask.*` describes and
+        return what was found (`peftx mask` prints its `meta`, `path` and `built`)."""
+        raise NotImplementedError(f"method '{cls.name}' reads no mask")
+
     @abstractmethod
     def prepare(self, model: "nn.Module") -> "nn.Module":
-        """Freeze the backbone and make this method's parameters trainable. May wrap the model;
-        the returned module is called like the HF model (`input_ids=...` -> `.logits`)."""
+        """Make this method's parameters trainable (the backbone arrives frozen). May wrap the
+        model; the returned module is called like the HF model (`input_ids=...` -> `.logits`)."""
+
+    def decays(self, name: str) -> bool:
+        """Whether the trainable parameter `name` (as `model.named_parameters()` gives it) takes
+        weight decay. Default: BERT's recipe, none for biases and LayerNorm scales."""
+        return default_decays(name)
 
     @abstractmethod
     def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
@@ -106,13 +127,37 @@ class Method(ABC):
         """Raise UserError if an artifact's header does not fit this method/base model."""
 
 
+@dataclass
+class NoOptions:
+    """Config of a method that has no options of its own."""
+
+
+@dataclass
+class SharedResource:
+    """A file many runs read and one process should build first (e.g. PaFi's shared mask)."""
+
+    key: str  # identity: two runs with the same key share it
+    path: Path  # where it lives once built
+    describe: str  # one line for the sweep's log, e.g. "shared mask for minilm-l6 (smallest, density 0.005)"
+    build: Callable[[], Path]  # build it (or reuse it); returns `path`
+
+
+def default_decays(name: str) -> bool:
+    """BERT's weight-decay rule: biases and LayerNorm scales take none."""
+    return not (name.endswith("bias") or "LayerNorm.weight" in name or "layer_norm.weight" in name)
+
+
+def freeze_backbone(model: "nn.Module") -> None:
+    """requires_grad=False on every backbone parameter (the harness calls it before `prepare`)."""
+    for p in backbone_parameters(model).values():
+        p.requires_grad_(False)
+
+
 def load_named(model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> None:
     """Copy `tensors` into `model`'s parameters of the same names, in place. Every name must
     exist with the same shape: a stored artifact that does not fit is a user error, not a
     silent partial load."""
     import torch
-
-    from peft_cli.errors import UserError
 
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -128,17 +173,12 @@ def load_named(model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> None:
 
 def stored_backbone(model: "nn.Module", keep: Callable[[str], bool]) -> dict[str, "torch.Tensor"]:
     """Backbone tensors whose names pass `keep`, detached, on CPU: most methods' `artifact()`."""
-    from peft_cli.models import backbone_parameters
-
     return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if keep(n)}
 
 
 def load_backbone(model: "nn.Module", tensors: dict[str, "torch.Tensor"], keep: Callable[[str], bool],
                   what: str) -> None:
     """`load_named`, after checking that every backbone tensor passing `keep` is in the artifact."""
-    from peft_cli.errors import UserError
-    from peft_cli.models import backbone_parameters
-
     missing = sorted(n for n in backbone_parameters(model) if keep(n) and n not in tensors)
     if missing:
         raise UserError(f"artifact lacks {what} tensor '{missing[0]}': was it trained with other method.* settings?")

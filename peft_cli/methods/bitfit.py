@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from peft_cli.methods import NoOptions
-from peft_cli.methods.base import Method, load_backbone, stored_backbone
+from peft_cli.methods.base import Method, NoOptions, load_backbone, stored_backbone
 from peft_cli.models import backbone_parameters
 
 
@@ -18,7 +17,8 @@ class BitFit(Method):
 
     def prepare(self, model):
         for n, p in backbone_parameters(model).items():
-            p.requires_grad_(_is_bias(n))
+            if _is_bias(n):
+                p.requires_grad_(True)
         return model
 
     def artifact(self, model):

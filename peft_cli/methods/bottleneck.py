@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peft_cli.errors import UserError
+from peft_cli.core.errors import UserError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -45,8 +45,3 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.up(self.act(self.down(x)))
-
-
-def count(d: int, r: int) -> int:
-    """Parameters of one Bottleneck(d, r): both weights and both biases."""
-    return 2 * d * r + r + d

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peft_cli.errors import UserError
+from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, load_named
 from peft_cli.models import backbone_parameters
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from peft_cli.config import MaskConfig
+    from peft_cli.core.config import MaskConfig
 
 DEFAULT_TARGETS = [r"\.intermediate\.dense\.bias$"]
 
@@ -122,8 +122,6 @@ class HiWi(Method):
 
         self.targets = find_targets(model, self.cfg.targets)
         self.r = width(self.cfg, model, self.targets)
-        for p in backbone_parameters(model).values():
-            p.requires_grad_(False)
         adapters: dict[int, Bottleneck] = {}  # shared: row length -> its adapter
         for module, attr in self.targets.values():
             p = getattr(module, attr)

@@ -16,14 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from peft_cli.errors import UserError
+from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, load_backbone, stored_backbone
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from peft_cli.config import MaskConfig
+    from peft_cli.core.config import MaskConfig
 
 ADAPTER = "default"  # peft's adapter name: parameters are `<module>.lora_A.default.weight`
 

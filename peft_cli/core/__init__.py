@@ -1,0 +1,2 @@
+"""The bottom layer: errors, config schemas and composition, file writing, runtime, signals.
+Nothing here imports another layer of peftx."""

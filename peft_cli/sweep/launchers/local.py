@@ -1,0 +1,168 @@
+"""launcher=local: a sweep's pending runs as `peftx train` subprocesses on this machine.
+
+One subprocess per run, so a crash or an out-of-memory kill ends that run only and frees its
+(GPU) memory. `launcher.workers: N` keeps N running at once; worker i gets GPU i through
+CUDA_VISIBLE_DEVICES in the child's environment (this process's environment is never changed).
+A child's stdout/stderr go to <run>/train.log (appended: a resumed run keeps its history).
+SIGUSR1/SIGTERM to the sweep (or Ctrl-C) stops launching, forwards SIGTERM so the running runs
+checkpoint, and waits for them: rerunning the sweep resumes them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from peft_cli.core.errors import UserError
+from peft_cli.core.signals import stop_on_signals
+from peft_cli.run.identity import config_hash
+from peft_cli.run.record import read_result
+from peft_cli.sweep.launchers.base import Launched, Outcome
+from peft_cli.sweep.launchers.view import SweepView
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from peft_cli.sweep.grid import Run
+
+POLL_S = 0.5
+
+
+@dataclass
+class LocalSettings:
+    name: str = "local"
+    workers: int = 1  # >1: one worker per GPU (CUDA_VISIBLE_DEVICES per worker)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UserError(f"config key 'launcher.workers' is {self.workers}; it must be >= 1")
+
+
+class LocalLauncher:
+    """Runs the pending runs here, `workers` at a time, and waits for them."""
+
+    name = "local"
+    settings_cls = LocalSettings
+
+    def __init__(self, settings: LocalSettings, results_dir: str, sweep: str) -> None:
+        self.s, self.sweep = settings, sweep
+
+    def status(self, runs: list["Run"]) -> dict[Path, str]:
+        return {}  # nothing of ours outlives a sweep process
+
+    def plan(self, todo: list["Run"]) -> list[str]:
+        return []  # the run list says it all
+
+    def launch(self, todo: list["Run"], skipped: int, console: "Console") -> Launched:
+        return Launched(run_local(self.sweep, todo, skipped, self.s, console) if todo else [])
+
+
+def train_command(run: "Run") -> list[str]:
+    """`peftx train` for one run, through this interpreter (works in any venv, no PATH needed)."""
+    return [sys.executable, "-m", "peft_cli.cli", "train", *run.overrides, "train.progress=false"]
+
+
+def worker_env(slot: int, workers: int, base: dict[str, str]) -> dict[str, str]:
+    """The environment of worker `slot`'s children. With several workers: GPU `slot` (counted in the
+    parent's CUDA_VISIBLE_DEVICES when set), or on CPU a fair share of the cores each."""
+    env = dict(base)
+    if workers == 1:
+        return env
+    visible = [d for d in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not visible:
+        import torch
+
+        visible = [str(i) for i in range(torch.cuda.device_count())]
+    if visible:
+        env["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+    elif "OMP_NUM_THREADS" not in base:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return env
+
+
+def start(run: "Run", env: dict[str, str]) -> subprocess.Popen:
+    run.folder.mkdir(parents=True, exist_ok=True)
+    with open(run.folder / "train.log", "ab") as log:
+        log.write(f"$ peftx train {' '.join(run.overrides)}\n".encode())
+        log.flush()
+        return subprocess.Popen(train_command(run), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+
+def outcome_of(run: "Run", rc: int, seconds: float, stopping: bool = False) -> Outcome:
+    """Read what the child left: result.json decides, the exit status and train.log explain.
+    `stopping`: the sweep was asked to stop, so a child killed by our SIGTERM (e.g. still importing,
+    before the run's handler was installed) is cancelled, not failed."""
+    r = read_result(run.folder / "result.json")
+    mine = r is not None and r["config_hash"] == config_hash(run.cfg)
+    if rc == 0 and mine and r["status"] == "completed":
+        return Outcome(run, "completed", seconds, f"score {r['score']:.2f}")
+    if mine and r["status"] == "cancelled":
+        return Outcome(run, "cancelled", seconds, "checkpointed; rerun the sweep to resume")
+    if stopping and rc in (-signal.SIGTERM, -signal.SIGINT):
+        return Outcome(run, "cancelled", seconds, "stopped before training started; rerun the sweep")
+    if mine and r["status"] == "failed" and r.get("error"):
+        return Outcome(run, "failed", seconds, r["error"])
+    if rc < 0:
+        hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
+        return Outcome(run, "failed", seconds, f"killed by {signal.Signals(-rc).name}{hint}; see {run.folder}/train.log")
+    return Outcome(run, "failed", seconds, f"exit {rc}: {_last_line(run.folder / 'train.log')}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1][:200] if lines else "no output"
+
+
+def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, console: "Console") -> list[Outcome]:
+    """Run `runs` (all pending) with `s.workers` at a time; returns one Outcome per run."""
+    queue = list(runs)
+    active: dict[int, tuple["Run", subprocess.Popen, float]] = {}  # worker slot -> run
+    outcomes: list[Outcome] = []
+    base = dict(os.environ)
+    forwarded = False
+    with stop_on_signals() as stop, SweepView(name, len(runs), skipped, s.workers, console) as view:
+        try:
+            while queue or active:
+                for slot in range(s.workers):
+                    if slot not in active and queue and not stop.is_set():
+                        run = queue.pop(0)
+                        active[slot] = (run, start(run, worker_env(slot, s.workers, base)), time.time())
+                        view.start(run)
+                for slot, (run, proc, t0) in list(active.items()):
+                    rc = proc.poll()
+                    if rc is not None:
+                        del active[slot]
+                        out = outcome_of(run, rc, time.time() - t0, stop.is_set())
+                        view.finish(run, out.status, out.detail)
+                        outcomes.append(out)
+                if stop.is_set() and not forwarded:
+                    forwarded = _forward(active, signal.SIGTERM, console)
+                    queue.clear()
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            # The terminal's Ctrl-C reached the children too (same process group); make sure, then wait.
+            _forward(active, signal.SIGTERM, console)
+            for run, proc, t0 in active.values():
+                proc.wait()
+                out = outcome_of(run, proc.returncode, time.time() - t0, stopping=True)
+                view.finish(run, out.status, out.detail)
+            raise
+    return outcomes
+
+
+def _forward(active: dict, sig: int, console: "Console") -> bool:
+    console.print(f"stopping: {len(active)} running run(s) checkpoint and stop; rerun the sweep to resume them")
+    for _, proc, _ in active.values():
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    return True

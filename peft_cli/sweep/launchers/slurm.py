@@ -1,0 +1,179 @@
+"""launcher=slurm: a sweep's pending runs as ONE SLURM job array.
+
+    <results.dir>/slurm/<sweep>/manifest-<stamp>.txt     one `peftx train ...` line per run (shell-quoted)
+    <results.dir>/slurm/<sweep>/manifest-<stamp>.json    job id + run folders (to skip runs still queued)
+    <results.dir>/slurm/<sweep>/manifest-<stamp>.setup.sh  launcher.setup lines, sourced by each task
+    <results.dir>/slurm/<sweep>/%A_%a.out / .err         logs (appended across requeues)
+
+`sbatch --array=0-(N-1)%P scripts/slurm/sweep.sbatch MANIFEST [SETUP]`: task i runs line i+1.
+Every #SBATCH option comes from conf/launcher/slurm.yaml on the command line. With
+`--signal=B:USR1@120` the batch shell gets USR1 two minutes before the time limit, forwards it
+to `peftx train` (which checkpoints and exits as cancelled) and requeues the task; the restarted
+task resumes from the checkpoint (sweep.sbatch has the details).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from peft_cli.core.compose import conf_dir
+from peft_cli.core.errors import UserError
+from peft_cli.core.files import write_json, write_text
+from peft_cli.sweep.launchers.base import Launched
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from peft_cli.sweep.grid import Run
+
+
+@dataclass
+class SlurmSettings:
+    name: str = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres: str | None = None  # e.g. gpu:1; null on CPU nodes
+    cpus_per_task: int = 4
+    mem: str | None = None  # e.g. 32G; null = the partition's default
+    time: str = "04:00:00"
+    array_parallelism: int = 0  # %N: at most N tasks at once; 0 = no limit
+    signal: str | None = "B:USR1@120"
+    requeue: bool = True
+    job_name: str | None = None  # null = peftx-<sweep>
+    extra_sbatch: list[str] = field(default_factory=list)  # e.g. ["--constraint=a100"] or "#SBATCH --exclusive"
+    setup: list[str] = field(default_factory=list)  # shell lines run in each task first (module load, activate)
+    peftx: str = "peftx"  # the command on the compute nodes, e.g. "python -m peft_cli.cli"
+    script: str | None = None  # null = scripts/slurm/sweep.sbatch of this checkout
+    sbatch: str = "sbatch"
+
+    def __post_init__(self) -> None:
+        if self.array_parallelism < 0 or self.cpus_per_task < 1:
+            raise UserError("config keys 'launcher.array_parallelism' (>= 0) and 'launcher.cpus_per_task' (>= 1) "
+                            "are out of range")
+
+
+class SlurmLauncher:
+    """Submits the pending runs as one job array and returns; the runs' results land later."""
+
+    name = "slurm"
+    settings_cls = SlurmSettings
+
+    def __init__(self, settings: SlurmSettings, results_dir: str, sweep: str) -> None:
+        self.s, self.results_dir, self.sweep = settings, results_dir, sweep
+
+    def status(self, runs: list["Run"]) -> dict[Path, str]:
+        found = queued(self.results_dir, self.sweep, self.s)
+        return {f: f"job {job}" for f, job in found.items()}
+
+    def plan(self, todo: list["Run"]) -> list[str]:
+        if not todo:
+            return []
+        _, cmd = submit(self.sweep, todo, self.results_dir, self.s, dry_run=True)
+        return ["would submit: " + " ".join(cmd)]
+
+    def launch(self, todo: list["Run"], skipped: int, console: "Console") -> Launched:
+        if not todo:
+            console.print("nothing to submit")
+            return Launched(None)
+        job, cmd = submit(self.sweep, todo, self.results_dir, self.s)
+        logs = slurm_dir(self.results_dir, self.sweep)
+        console.print(f"submitted job array {job} ({len(todo)} tasks): {' '.join(cmd)}")
+        console.print(f"logs: {logs}/{job}_<task>.out|err   watch: squeue -j {job}   afterwards: peftx sweep "
+                      f"sweep={self.sweep} --dry-run")
+        print(job)  # stdout: the job id alone, for scripts
+        return Launched(None)
+
+
+def script_path(s: SlurmSettings) -> Path:
+    path = Path(s.script).expanduser() if s.script else conf_dir().parent / "scripts" / "slurm" / "sweep.sbatch"
+    if not path.is_file():
+        raise UserError(f"launcher.script: {path} not found; set launcher.script=/path/to/sweep.sbatch "
+                        f"(it is scripts/slurm/sweep.sbatch in the peftx repository)")
+    return path.resolve()
+
+
+def manifest_line(run: "Run", s: SlurmSettings) -> str:
+    return f"{s.peftx} train {shlex.join([*run.overrides, 'train.progress=false'])}"
+
+
+def sbatch_command(s: SlurmSettings, sweep: str, n: int, manifest: Path, setup: Path | None, logs: Path) -> list[str]:
+    array = f"0-{n - 1}" + (f"%{s.array_parallelism}" if s.array_parallelism else "")
+    cmd = [s.sbatch, "--parsable", f"--job-name={s.job_name or f'peftx-{sweep}'}", f"--array={array}",
+           f"--output={logs}/%A_%a.out", f"--error={logs}/%A_%a.err", "--open-mode=append",
+           f"--chdir={Path.cwd()}", f"--cpus-per-task={s.cpus_per_task}", f"--time={s.time}",
+           "--requeue" if s.requeue else "--no-requeue"]
+    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos), ("gres", s.gres),
+                        ("mem", s.mem), ("signal", s.signal)):
+        if value not in (None, ""):
+            cmd.append(f"--{flag}={value}")
+    cmd += [e.removeprefix("#SBATCH").strip() for e in s.extra_sbatch]
+    return cmd + [str(manifest.resolve())] + ([str(setup.resolve())] if setup else [])
+
+
+def slurm_dir(results_dir: str | Path, sweep: str) -> Path:
+    return Path(results_dir) / "slurm" / sweep
+
+
+def queued(results_dir: str | Path, sweep: str, s: SlurmSettings) -> dict[Path, str]:
+    """Run folders of earlier submissions of this sweep whose array task is still pending or running
+    ({folder: "JOB_TASK"}), so submitting again does not start a second copy of a run."""
+    records = []
+    for path in sorted(slurm_dir(results_dir, sweep).glob("manifest-*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    if not records:
+        return {}
+    squeue = s.sbatch.removesuffix("sbatch") + "squeue"  # beside sbatch when that is a full path
+    try:
+        out = subprocess.run([squeue, "-h", "-r", "-u", getpass.getuser(), "-o", "%F %K"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise UserError(f"cannot list your queued jobs with squeue ({e}); is SLURM reachable from here?") from None
+    live = {tuple(line.split()) for line in out.splitlines() if len(line.split()) == 2}
+    found = {}
+    for rec in records:
+        for i, folder in enumerate(rec["runs"]):
+            if (str(rec["job_id"]), str(i)) in live:
+                found[Path(folder)] = f"{rec['job_id']}_{i}"
+    return found
+
+
+def submit(sweep: str, runs: list["Run"], results_dir: str | Path, s: SlurmSettings,
+           dry_run: bool = False) -> tuple[str | None, list[str]]:
+    """Write the manifest and submit the array -> (job id, sbatch command). Dry run: submit nothing,
+    write nothing, return (None, the command that would run)."""
+    logs = slurm_dir(results_dir, sweep)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    manifest = logs / f"manifest-{stamp}.txt"
+    setup = logs / f"manifest-{stamp}.setup.sh" if s.setup else None
+    cmd = sbatch_command(s, sweep, len(runs), manifest, setup, logs)
+    cmd.insert(-1 - bool(setup), str(script_path(s)))
+    if dry_run:
+        return None, cmd
+    write_text(manifest, "".join(manifest_line(r, s) + "\n" for r in runs))
+    if setup:
+        write_text(setup, "# sourced by sweep.sbatch before its manifest line (launcher.setup)\n"
+                           + "".join(line + "\n" for line in s.setup))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise UserError(f"launcher=slurm: '{s.sbatch}' not found; submit from a SLURM login node "
+                        f"(or set launcher.sbatch=/path/to/sbatch)") from None
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        raise UserError(f"sbatch refused the array ({reason[-1] if reason else f'exit {proc.returncode}'}); "
+                        f"check partition/account/qos/gres/time in conf/launcher/slurm.yaml")
+    job_id = proc.stdout.strip().split(";")[0]
+    write_json(manifest.with_suffix(".json"), {"job_id": job_id, "sweep": sweep, "submitted": stamp,
+                                                       "command": cmd, "runs": [str(r.folder) for r in runs]})
+    return job_id, cmd
