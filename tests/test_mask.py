@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from peft_cli.methods.pafi import select as M
 from peft_cli.core.errors import UserError
+from peft_cli.methods.pafi import select as M
 from peft_cli.methods.pafi.select import MaskSpec
 
 
@@ -188,12 +188,27 @@ def test_save_load_roundtrip_and_verify(tmp_path):
     meta = M.build_meta(named, spec, idx, "fp-1")
     path = tmp_path / "m" / M.mask_filename(spec)
     M.save_mask(path, idx, meta)
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".json").name])  # no tmp left
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [path.name, path.with_suffix(".json").name]
+    )  # no tmp left
     got, gmeta = M.load_mask(path)
     assert _as_lists(got, named) == _as_lists(idx, named)
     assert gmeta == json.loads(json.dumps(meta))
-    keys = {"model_fingerprint", "strategy", "scope", "density", "k", "candidates", "include", "exclude",
-            "breakdown", "seed", "shapes", "created", "format_version"}
+    keys = {
+        "model_fingerprint",
+        "strategy",
+        "scope",
+        "density",
+        "k",
+        "candidates",
+        "include",
+        "exclude",
+        "breakdown",
+        "seed",
+        "shapes",
+        "created",
+        "format_version",
+    }
     assert keys <= set(gmeta)
     assert gmeta["k"] == 14 and gmeta["candidates"] == 71 and gmeta["shapes"]["b.weight"] == [4, 3, 2]
     M.verify(gmeta, "fp-1", path)

@@ -26,8 +26,9 @@ def pafi_runs(tiny_glue, tmp_path_factory):
     mask = results / "masks" / "tiny-random" / "smallest-d0.01.safetensors"
     mtime = mask.stat().st_mtime_ns
     for task in ("rte", "mrpc"):
-        r = runner.invoke(app, ["train", *tiny_overrides(tiny_glue, results, task=task, method="pafi",
-                                                         **{"mask.density": 0.01})])
+        r = runner.invoke(
+            app, ["train", *tiny_overrides(tiny_glue, results, task=task, method="pafi", **{"mask.density": 0.01})]
+        )
         assert r.exit_code == 0, r.output
     assert mask.stat().st_mtime_ns == mtime, "the shared mask was rebuilt"
     return results
@@ -64,8 +65,15 @@ def test_eval_equals_run(pafi_runs, cli):
 
 def test_mask_for_another_model_exits_2(pafi_runs, cli, tiny_glue):
     mask = pafi_runs / "masks" / "tiny-random" / "smallest-d0.01.safetensors"
-    r = cli("train", *tiny_overrides(tiny_glue, pafi_runs / "other", method="pafi",
-                                     **{"mask.density": 0.01, "mask.path": str(mask), "model.init_seed": 1}))
+    r = cli(
+        "train",
+        *tiny_overrides(
+            tiny_glue,
+            pafi_runs / "other",
+            method="pafi",
+            **{"mask.density": 0.01, "mask.path": str(mask), "model.init_seed": 1},
+        ),
+    )
     assert r.exit_code == 2 and "built for another model" in r.output
 
 
@@ -82,8 +90,15 @@ def test_artifact_on_another_backbone_exits_2(pafi_runs, cli):
 
 
 def test_fisher_stores_its_indices(tiny_glue, tmp_path, cli):
-    r = cli("train", *tiny_overrides(tiny_glue, tmp_path, method="pafi", **{
-        "mask.strategy": "fisher", "mask.density": 0.01, "mask.fisher_samples": 8, "train.max_steps": 4}))
+    r = cli(
+        "train",
+        *tiny_overrides(
+            tiny_glue,
+            tmp_path,
+            method="pafi",
+            **{"mask.strategy": "fisher", "mask.density": 0.01, "mask.fisher_samples": 8, "train.max_steps": 4},
+        ),
+    )
     assert r.exit_code == 0, r.output
     f = folder(tmp_path, "pafi-fisher-d0.01")
     res = json.loads((f / "result.json").read_text())
@@ -98,8 +113,12 @@ def test_fisher_stores_its_indices(tiny_glue, tmp_path, cli):
 
 
 def test_half_precision_storage_scores_what_it_stores(tiny_glue, tmp_path, cli):
-    r = cli("train", *tiny_overrides(tiny_glue, tmp_path, method="pafi", **{
-        "method.dtype": "fp16", "mask.density": 0.01, "train.max_steps": 4}))
+    r = cli(
+        "train",
+        *tiny_overrides(
+            tiny_glue, tmp_path, method="pafi", **{"method.dtype": "fp16", "mask.density": 0.01, "train.max_steps": 4}
+        ),
+    )
     assert r.exit_code == 0, r.output
     f = folder(tmp_path, "pafi-smallest-d0.01-fp16")
     with safe_open(str(f / "artifact.safetensors"), "pt") as fh:

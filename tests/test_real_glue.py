@@ -9,9 +9,19 @@ pytestmark = pytest.mark.realdata
 
 
 def test_minilm_trains_on_real_rte_and_eval_matches(shared_glue, tmp_path, cli):
-    r = cli("train", "model=minilm-l6", "task=rte", "method=bitfit", f"data.glue_dir={shared_glue}",
-            f"results.dir={tmp_path}", "train.max_steps=4", "train.max_length=64", "train.batch_size=8",
-            "data.max_train_examples=64", "train.progress=false")
+    r = cli(
+        "train",
+        "model=minilm-l6",
+        "task=rte",
+        "method=bitfit",
+        f"data.glue_dir={shared_glue}",
+        f"results.dir={tmp_path}",
+        "train.max_steps=4",
+        "train.max_length=64",
+        "train.batch_size=8",
+        "data.max_train_examples=64",
+        "train.progress=false",
+    )
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs" / "default" / "minilm-l6" / "bitfit" / "rte" / "seed42"
     res = json.loads((run / "result.json").read_text())

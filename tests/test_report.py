@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -14,27 +15,55 @@ from pathlib import Path
 import pytest
 
 from peft_cli.core.errors import UserError
-from peft_cli.report.reference import load_reference
-from peft_cli.report.render import to_csv, to_latex, to_markdown
 from peft_cli.report.build import build_table, collect, report_config
 from peft_cli.report.main import report_from_config
+from peft_cli.report.reference import load_reference
+from peft_cli.report.render import to_csv, to_latex, to_markdown
 from peft_cli.report.table import Cell
 
-HEADLINE = {"rte": "accuracy", "mrpc": "accuracy", "stsb": "pearson", "mnli": "accuracy",
-            "cola": "matthews_correlation"}
+HEADLINE = {
+    "rte": "accuracy",
+    "mrpc": "accuracy",
+    "stsb": "pearson",
+    "mnli": "accuracy",
+    "cola": "matthews_correlation",
+}
 
 
-def write_result(root: Path, tag: str, task: str, seed: int, metrics: dict[str, float], *, trainable: int,
-                 stored: int, nbytes: int, status: str = "completed", model: str = "m", experiment: str = "tiny",
-                 protocol: str = "holdout") -> Path:
+def write_result(
+    root: Path,
+    tag: str,
+    task: str,
+    seed: int,
+    metrics: dict[str, float],
+    *,
+    trainable: int,
+    stored: int,
+    nbytes: int,
+    status: str = "completed",
+    model: str = "m",
+    experiment: str = "tiny",
+    protocol: str = "holdout",
+) -> Path:
     d = root / "runs" / experiment / model / tag / task / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
-    r = {"status": status, "experiment": experiment, "model": model, "task": task, "method": tag.split("-")[0],
-         "method_tag": tag, "seed": seed, "metrics": {"validation": {}, "test": metrics},
-         "score": 100.0 * metrics[HEADLINE[task]], "params": {"backbone": 1000, "head": 7, "trainable": trainable,
-                                                               "stored": stored},
-         "stored_bytes": nbytes, "time": {"train_s": 1.0, "eval_s": 0.1}, "config_hash": f"{tag}{task}{seed}",
-         "protocol": protocol, "versions": {"torch": "x"}}
+    r = {
+        "status": status,
+        "experiment": experiment,
+        "model": model,
+        "task": task,
+        "method": tag.split("-")[0],
+        "method_tag": tag,
+        "seed": seed,
+        "metrics": {"validation": {}, "test": metrics},
+        "score": 100.0 * metrics[HEADLINE[task]],
+        "params": {"backbone": 1000, "head": 7, "trainable": trainable, "stored": stored},
+        "stored_bytes": nbytes,
+        "time": {"train_s": 1.0, "eval_s": 0.1},
+        "config_hash": f"{tag}{task}{seed}",
+        "protocol": protocol,
+        "versions": {"torch": "x"},
+    }
     (d / "result.json").write_text(json.dumps(r), encoding="utf-8")
     return d
 
@@ -44,17 +73,20 @@ def write_runs(root: Path, experiment: str = "tiny") -> Path:
     mrpc 70/74/72, 80/81/79; lora: rte only, 61/62/63. Plus one failed, one running, one
     half-written result.json."""
     put = functools.partial(write_result, root, experiment=experiment)
-    full, bitfit, lora = (dict(trainable=1000, stored=1000, nbytes=4100), dict(trainable=10, stored=10, nbytes=140),
-                          dict(trainable=5, stored=5, nbytes=1234))
-    for seed, acc in zip((1, 2, 3), (0.60, 0.70, 0.65)):
+    full, bitfit, lora = (
+        dict(trainable=1000, stored=1000, nbytes=4100),
+        dict(trainable=10, stored=10, nbytes=140),
+        dict(trainable=5, stored=5, nbytes=1234),
+    )
+    for seed, acc in zip((1, 2, 3), (0.60, 0.70, 0.65), strict=True):
         put("full", "rte", seed, {"accuracy": acc}, **full)
-    for seed, acc, f1 in zip((1, 2, 3), (0.80, 0.82, 0.84), (0.85, 0.88, 0.86)):
+    for seed, acc, f1 in zip((1, 2, 3), (0.80, 0.82, 0.84), (0.85, 0.88, 0.86), strict=True):
         put("full", "mrpc", seed, {"accuracy": acc, "f1": f1}, **full)
-    for seed, acc in zip((1, 2), (0.50, 0.55)):
+    for seed, acc in zip((1, 2), (0.50, 0.55), strict=True):
         put("bitfit", "rte", seed, {"accuracy": acc}, **bitfit)
-    for seed, acc, f1 in zip((1, 2, 3), (0.70, 0.74, 0.72), (0.80, 0.81, 0.79)):
+    for seed, acc, f1 in zip((1, 2, 3), (0.70, 0.74, 0.72), (0.80, 0.81, 0.79), strict=True):
         put("bitfit", "mrpc", seed, {"accuracy": acc, "f1": f1}, **bitfit)
-    for seed, acc in zip((1, 2, 3), (0.61, 0.62, 0.63)):
+    for seed, acc in zip((1, 2, 3), (0.61, 0.62, 0.63), strict=True):
         put("lora-r8", "rte", seed, {"accuracy": acc}, **lora)
     # not completed: never in the table, but counted
     put("bitfit", "rte", 3, {"accuracy": 0.99}, **bitfit, status="failed")
@@ -70,8 +102,11 @@ def results(tmp_path: Path) -> Path:
 
 
 def cfg(results_dir: Path, **report) -> dict:
-    return {"experiment": "tiny", "results": {"dir": str(results_dir)},
-            "report": {"runs": None, "spread": "std", "references": [], **report}}
+    return {
+        "experiment": "tiny",
+        "results": {"dir": str(results_dir)},
+        "report": {"runs": None, "spread": "std", "references": [], **report},
+    }
 
 
 def table_of(results_dir: Path, refs: list[str] = (), spread: str = "std", pattern: str = "tiny/*/*/*/*"):
@@ -134,8 +169,13 @@ def test_counts_skip_failed_running_unreadable(results):
 
 def test_csv_n_and_spread(results):
     rows = list(csv.DictReader(io.StringIO(to_csv(table_of(results)))))
-    get = lambda tag, task, metric: next(r for r in rows if r["method_tag"] == tag and r["task"] == task  # noqa: E731
-                                          and r["metric"] == metric)
+    get = lambda tag, task, metric: next(  # noqa: E731
+        r
+        for r in rows
+        if r["method_tag"] == tag
+        and r["task"] == task  # noqa: E731
+        and r["metric"] == metric
+    )
     full_rte = get("full", "rte", "accuracy")
     assert (full_rte["median"], full_rte["n"], full_rte["fewer_seeds"]) == ("65.0000", "3", "0")
     assert float(full_rte["std"]) == pytest.approx(statistics.stdev([60.0, 70.0, 65.0]))
@@ -257,8 +297,11 @@ def test_committed_cpu_minilm_tables_rebuild(cli, tmp_path):
     tables byte for byte (the plot is left out: its bytes depend on the matplotlib version)."""
     import shutil
 
-    shutil.copytree(COMMITTED / "runs" / "cpu_minilm", tmp_path / "runs" / "cpu_minilm",
-                    ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.log"))
+    shutil.copytree(
+        COMMITTED / "runs" / "cpu_minilm",
+        tmp_path / "runs" / "cpu_minilm",
+        ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.log"),
+    )
     r = cli("report", "experiment=cpu_minilm", f"results.dir={tmp_path}")
     assert r.exit_code == 0, r.output
     for ext in ("md", "csv", "tex"):
@@ -277,6 +320,6 @@ def test_plot_labels_at_one_point_do_not_overlap(tmp_path):
     ax = fig.axes[0]
     pos = {t.get_text(): t.get_window_extent().y0 * 72.0 / fig.dpi for t in ax.texts if t.get_text().startswith("pafi")}
     ys = sorted(pos.values())
-    assert len(ys) == 3 and all(b - a >= LABEL_GAP - 0.01 for a, b in zip(ys, ys[1:]))
+    assert len(ys) == 3 and all(b - a >= LABEL_GAP - 0.01 for a, b in itertools.pairwise(ys))
     order = sorted(pos, key=pos.get)
     assert order == ["pafi-largest", "pafi-smallest", "pafi-random"]  # stacked in score order (69.9, 70.0, 70.1)

@@ -68,11 +68,14 @@ def _assert_same_run(a: dict, b: dict, folder_a: Path, folder_b: Path) -> None:
     assert (folder_a / "predictions.tsv").read_text() == (folder_b / "predictions.tsv").read_text()
 
 
-@pytest.mark.parametrize("method, stops, sig", [
-    ("full", [3], signal.SIGUSR1),  # mid-epoch: resume replays the epoch's order without its first 3 batches
-    ("bitfit", [STEPS_PER_EPOCH], signal.SIGTERM),  # last step of epoch 0, before its validation pass
-    ("full", [2, 9], signal.SIGUSR1),  # stopped twice; step 9 is in epoch 1, after the best-epoch snapshot
-])
+@pytest.mark.parametrize(
+    "method, stops, sig",
+    [
+        ("full", [3], signal.SIGUSR1),  # mid-epoch: resume replays the epoch's order without its first 3 batches
+        ("bitfit", [STEPS_PER_EPOCH], signal.SIGTERM),  # last step of epoch 0, before its validation pass
+        ("full", [2, 9], signal.SIGUSR1),  # stopped twice; step 9 is in epoch 1, after the best-epoch snapshot
+    ],
+)
 def test_resume_after_signal_equals_uninterrupted(tiny_glue, tmp_path, monkeypatch, method, stops, sig):
     overrides = tiny_overrides(tiny_glue, tmp_path / "a", method=method, seed=7)
     plain = train_run(compose(overrides))
@@ -117,8 +120,9 @@ def test_checkpoint_of_another_fisher_mask_is_discarded(tiny_glue, tmp_path, mon
     resumed = train_run(cfg)
     _assert_same_run(plain, resumed, tmp_path / "a" / folder.relative_to(tmp_path / "b"), folder)
     events = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    assert [e.get("event") for e in events if e.get("event") in ("resume", "checkpoint_discarded")] == \
-        ["checkpoint_discarded"]
+    assert [e.get("event") for e in events if e.get("event") in ("resume", "checkpoint_discarded")] == [
+        "checkpoint_discarded"
+    ]
     assert "checkpoint discarded" in capsys.readouterr().err
 
 
@@ -131,8 +135,9 @@ def test_cli_train_ignores_a_signal_that_arrives_after_the_run(tiny_glue, tmp_pa
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
     try:
-        r = CliRunner().invoke(app, ["train", *tiny_overrides(tiny_glue, tmp_path, method="bitfit",
-                                                               **{"train.max_steps": 2})])
+        r = CliRunner().invoke(
+            app, ["train", *tiny_overrides(tiny_glue, tmp_path, method="bitfit", **{"train.max_steps": 2})]
+        )
         assert r.exit_code == 0, r.output
         assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
         os.kill(os.getpid(), signal.SIGUSR1)  # the late warning: ignored (without the fix this kills pytest)
@@ -189,9 +194,22 @@ def test_checkpoint_survives_a_kill_while_saving(tmp_path, monkeypatch):
 
 
 def test_truncated_result_is_never_completed(tmp_path):
-    good = {"status": "completed", "experiment": "e", "model": "m", "task": "rte", "method": "full",
-            "method_tag": "full", "seed": 1, "metrics": {"validation": {}, "test": {"accuracy": 0.5}}, "score": 50.0,
-            "params": {}, "stored_bytes": 1, "time": {}, "config_hash": "abc", "versions": {}}
+    good = {
+        "status": "completed",
+        "experiment": "e",
+        "model": "m",
+        "task": "rte",
+        "method": "full",
+        "method_tag": "full",
+        "seed": 1,
+        "metrics": {"validation": {}, "test": {"accuracy": 0.5}},
+        "score": 50.0,
+        "params": {},
+        "stored_bytes": 1,
+        "time": {},
+        "config_hash": "abc",
+        "versions": {},
+    }
     files.write_json(tmp_path / "result.json", good)
     assert results.is_completed(tmp_path, "abc")
     assert not results.is_completed(tmp_path, "other")  # a different config in the same folder
@@ -223,11 +241,23 @@ def test_kill_9_then_sweep_completes_every_run_once(tiny_glue, tmp_path):
     from peft_cli.sweep.runner import run_sweep
 
     res = tmp_path / "res"
-    args = ["sweep=smoke", f"data.glue_dir={tiny_glue}", f"results.dir={res}", "sweep.tasks=[rte]",
-            "sweep.methods=[bitfit]", "train.max_steps=40", "train.log_every=1", "train.checkpoint_every=2"]
+    args = [
+        "sweep=smoke",
+        f"data.glue_dir={tiny_glue}",
+        f"results.dir={res}",
+        "sweep.tasks=[rte]",
+        "sweep.methods=[bitfit]",
+        "train.max_steps=40",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+    ]
     [run] = expand(sweep_config(compose_dict(args)["sweep"]), args)
-    proc = subprocess.Popen([sys.executable, "-m", "peft_cli.cli", "train", *run.overrides],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peft_cli.cli", "train", *run.overrides],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = run.folder / "log.jsonl"
 
     def past_a_checkpoint() -> bool:
@@ -247,8 +277,9 @@ def test_kill_9_then_sweep_completes_every_run_once(tiny_glue, tmp_path):
     assert [(f, r["status"]) for f, r in found] == [(run.folder, "completed")]
     resumes = [json.loads(x) for x in log.read_text().splitlines() if '"resume"' in x]
     assert len(resumes) == 1 and resumes[0]["step"] >= 4  # from the periodic checkpoint, not from zero
-    reference = train_run(compose([*run.overrides, f"results.dir={tmp_path / 'ref'}", "train.checkpoint_every=0"]),
-                          progress=False)
+    reference = train_run(
+        compose([*run.overrides, f"results.dir={tmp_path / 'ref'}", "train.checkpoint_every=0"]), progress=False
+    )
     final = results.read_result(run.folder / "result.json")
     assert final["metrics"] == reference["metrics"] and final["history"] == reference["history"]
     assert final["config_hash"] == reference["config_hash"]  # results.dir and checkpoint_every: not the run

@@ -55,7 +55,7 @@ def fake_slurm(tmp_path):
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/sbatch.args\necho "4242;cluster"\n')
-    (bin_ / "squeue").write_text(f'#!/bin/sh\ncat {tmp_path}/squeue.out 2>/dev/null\n')
+    (bin_ / "squeue").write_text(f"#!/bin/sh\ncat {tmp_path}/squeue.out 2>/dev/null\n")
     for f in bin_.iterdir():
         f.chmod(0o755)
     return tmp_path
@@ -63,25 +63,45 @@ def fake_slurm(tmp_path):
 
 def test_manifest_and_sbatch_command(tiny_glue, tmp_path, fake_slurm, capsys):
     res = tmp_path / "res"
-    args = _smoke(tiny_glue, res, "launcher=slurm", f"launcher.sbatch={fake_slurm}/bin/sbatch",
-                  "launcher.partition=gpu", "launcher.gres=gpu:1", "launcher.array_parallelism=3",
-                  "launcher.time=01:00:00", "launcher.extra_sbatch=['#SBATCH --constraint=a100']",
-                  "launcher.setup=['module load cuda','source /venv/bin/activate']", "train.max_steps=5")
+    args = _smoke(
+        tiny_glue,
+        res,
+        "launcher=slurm",
+        f"launcher.sbatch={fake_slurm}/bin/sbatch",
+        "launcher.partition=gpu",
+        "launcher.gres=gpu:1",
+        "launcher.array_parallelism=3",
+        "launcher.time=01:00:00",
+        "launcher.extra_sbatch=['#SBATCH --constraint=a100']",
+        "launcher.setup=['module load cuda','source /venv/bin/activate']",
+        "train.max_steps=5",
+    )
     assert run_sweep(args) == 0
     assert capsys.readouterr().out.strip() == "4242"  # stdout: the job id alone
     argv = (fake_slurm / "sbatch.args").read_text().splitlines()
     logs = res / "slurm" / "smoke"
-    for expected in ("--array=0-3%3", "--partition=gpu", "--gres=gpu:1", "--time=01:00:00", "--requeue",
-                     "--signal=B:USR1@120", "--constraint=a100", "--open-mode=append",
-                     f"--output={logs}/%A_%a.out", f"--error={logs}/%A_%a.err", f"--chdir={Path.cwd()}"):
+    for expected in (
+        "--array=0-3%3",
+        "--partition=gpu",
+        "--gres=gpu:1",
+        "--time=01:00:00",
+        "--requeue",
+        "--signal=B:USR1@120",
+        "--constraint=a100",
+        "--open-mode=append",
+        f"--output={logs}/%A_%a.out",
+        f"--error={logs}/%A_%a.err",
+        f"--chdir={Path.cwd()}",
+    ):
         assert expected in argv, expected
     assert not any(a.startswith(("--account", "--qos", "--mem")) for a in argv)  # null = left out
     script, manifest, setup = argv[-3:]
     assert Path(script) == SBATCH_SCRIPT
     runs = _runs(args)
     lines = Path(manifest).read_text().splitlines()
-    assert [shlex.split(line) for line in lines] == [["peftx", "train", *r.overrides, "train.progress=false"]
-                                                     for r in runs]
+    assert [shlex.split(line) for line in lines] == [
+        ["peftx", "train", *r.overrides, "train.progress=false"] for r in runs
+    ]
     assert "train.max_steps=5" in lines[0] and "launcher" not in lines[0] and "sweep=" not in lines[0]
     assert Path(setup).read_text().splitlines()[1:] == ["module load cuda", "source /venv/bin/activate"]
     record = json.loads(Path(manifest).with_suffix(".json").read_text())
@@ -102,33 +122,52 @@ def test_sbatch_failure_exits_2(tiny_glue, tmp_path, cli):
     bad = tmp_path / "sbatch"
     bad.write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
     bad.chmod(0o755)
-    r = cli("sweep", *_smoke(tiny_glue, tmp_path, "launcher=slurm", f"launcher.sbatch={bad}", "launcher.partition=nope"))
+    r = cli(
+        "sweep", *_smoke(tiny_glue, tmp_path, "launcher=slurm", f"launcher.sbatch={bad}", "launcher.partition=nope")
+    )
     assert r.exit_code == 2 and "invalid partition specified: nope" in r.output
 
 
-@pytest.mark.parametrize("sig, requeue, state, requeued", [
-    ("USR1", 1, "RUNNING", True),  # time-limit warning: checkpoint, then requeue
-    ("TERM", 1, "RUNNING", True),  # preemption signal while still running: same
-    ("TERM", 1, "CANCELLED", False),  # scancel: a cancelled job stays cancelled
-    ("USR1", 0, "RUNNING", False),  # submitted with --no-requeue
-])
+@pytest.mark.parametrize(
+    "sig, requeue, state, requeued",
+    [
+        ("USR1", 1, "RUNNING", True),  # time-limit warning: checkpoint, then requeue
+        ("TERM", 1, "RUNNING", True),  # preemption signal while still running: same
+        ("TERM", 1, "CANCELLED", False),  # scancel: a cancelled job stays cancelled
+        ("USR1", 0, "RUNNING", False),  # submitted with --no-requeue
+    ],
+)
 def test_sweep_sbatch_forwards_signal_and_requeues(tmp_path, sig, requeue, state, requeued):
     """bash runs sweep.sbatch as SLURM would (array task 1), with a stand-in scontrol; the manifest
     line is a Python process that exits 1 when it gets the forwarded signal, as `peftx train` does."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
-    (bin_ / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n'
-                                   f'[ "$1" = show ] && echo "JobId=77 JobState={state} Requeue={requeue}"\nexit 0\n')
+    (bin_ / "scontrol").write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n'
+        f'[ "$1" = show ] && echo "JobId=77 JobState={state} Requeue={requeue}"\nexit 0\n'
+    )
     (bin_ / "scontrol").chmod(0o755)
-    child = (f"{shlex.quote(sys.executable)} -c 'import signal, sys, time; "
-             f"signal.signal(signal.SIG{sig}, lambda *a: (open(\"{tmp_path}/got\", \"w\").write(\"{sig}\"), sys.exit(1))); "
-             f"open(\"{tmp_path}/ready\", \"w\").close(); time.sleep(60)'")
+    child = (
+        f"{shlex.quote(sys.executable)} -c 'import signal, sys, time; "
+        f'signal.signal(signal.SIG{sig}, lambda *a: (open("{tmp_path}/got", "w").write("{sig}"), sys.exit(1))); '
+        f'open("{tmp_path}/ready", "w").close(); time.sleep(60)\''
+    )
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("echo wrong line\n" + child + "\n")
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "1",
-           "SLURM_ARRAY_JOB_ID": "76", "SLURM_JOB_ID": "77"}
-    proc = subprocess.Popen(["bash", str(SBATCH_SCRIPT), str(manifest)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_}:{os.environ['PATH']}",
+        "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_ARRAY_JOB_ID": "76",
+        "SLURM_JOB_ID": "77",
+    }
+    proc = subprocess.Popen(
+        ["bash", str(SBATCH_SCRIPT), str(manifest)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 30
     while not (tmp_path / "ready").exists():
         assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else ""
@@ -167,9 +206,22 @@ def _env() -> dict[str, str]:
 
 
 def _submit(glue, res, *extra: str) -> str:
-    r = subprocess.run([str(SUBMIT), "smoke", f"data.glue_dir={glue}", f"results.dir={res}",
-                        "launcher.cpus_per_task=1", "launcher.time=00:15:00", *extra],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            str(SUBMIT),
+            "smoke",
+            f"data.glue_dir={glue}",
+            f"results.dir={res}",
+            "launcher.cpus_per_task=1",
+            "launcher.time=00:15:00",
+            *extra,
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().splitlines()[-1]
 
@@ -207,8 +259,14 @@ def test_array_completes_every_run(cluster, tiny_glue, tmp_path, capfd):
         out = (logs / f"{job}_{i}.out").read_text()
         assert f"job {job}_{i}" in out and "peftx exited with status 0" in out
     # everything done: submitting again submits nothing
-    again = subprocess.run([str(SUBMIT), "smoke", f"data.glue_dir={tiny_glue}", f"results.dir={res}"],
-                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [str(SUBMIT), "smoke", f"data.glue_dir={tiny_glue}", f"results.dir={res}"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "nothing to submit" in again.stderr and not again.stdout.strip()
     assert len(list(logs.glob("manifest-*.txt"))) == 1
 
@@ -221,10 +279,19 @@ def test_preempted_task_resumes_and_completes(cluster, tiny_glue, tmp_path, how)
     `scontrol requeue` is what preemption with requeue does (SIGTERM, then back to the queue)."""
     res = tmp_path / "res"
     steps = 2000  # ~20 s of training: the signal must land mid-run, not after it (300 steps took ~4 s)
-    job = _submit(tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}",
-                  "train.log_every=1")
-    [run] = _runs(_smoke(tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}",
-                         "train.log_every=1"))
+    job = _submit(
+        tiny_glue, res, "sweep.tasks=[rte]", "sweep.methods=[bitfit]", f"train.max_steps={steps}", "train.log_every=1"
+    )
+    [run] = _runs(
+        _smoke(
+            tiny_glue,
+            res,
+            "sweep.tasks=[rte]",
+            "sweep.methods=[bitfit]",
+            f"train.max_steps={steps}",
+            "train.log_every=1",
+        )
+    )
     log = run.folder / "log.jsonl"
 
     def training() -> bool:

@@ -11,14 +11,17 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-from peft_cli.methods.pafi import sparse as S
 from peft_cli.core.errors import UserError
+from peft_cli.methods.pafi import sparse as S
 from peft_cli.methods.pafi.sparse import apply_values, attach
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=200,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support")
-ARCH = {"bert": (BertConfig, BertForSequenceClassification), "roberta": (RobertaConfig, RobertaForSequenceClassification)}
+ARCH = {
+    "bert": (BertConfig, BertForSequenceClassification),
+    "roberta": (RobertaConfig, RobertaForSequenceClassification),
+}
 
 
 def _model(arch: str = "bert", seed: int = 0):
@@ -178,7 +181,7 @@ def test_copy_invariant_restores_logits():
     step(), step()
     with torch.no_grad():
         assert not torch.equal(model(**x).logits, logits)
-    for p, s in zip(sv.parameters(), saved):
+    for p, s in zip(sv.parameters(), saved, strict=True):
         p.data.copy_(s)  # what best-epoch restore does; no other call
     with torch.no_grad():
         assert torch.equal(model(**x).logits, logits)
@@ -236,7 +239,7 @@ def test_bf16_autocast_close_to_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(**x).loss
     loss.backward()
-    for p, g in zip(sv.parameters(), g32):
+    for p, g in zip(sv.parameters(), g32, strict=True):
         assert p.grad.dtype == torch.float32
         assert (p.grad - g).norm() <= 0.05 * g.norm() + 1e-4
 

@@ -53,11 +53,26 @@ def launched(monkeypatch):
     def start(run, env):
         calls.append(run.overrides)
         if run.cfg.method["name"] == calls.fail:
-            files.write_json(run.folder / "result.json", {
-                "status": "failed", "experiment": run.cfg.experiment, "model": run.cfg.model.name,
-                "task": run.cfg.task.name, "method": run.cfg.method["name"], "method_tag": run.cfg.method["name"],
-                "seed": run.cfg.seed, "metrics": {}, "score": None, "params": {}, "stored_bytes": None, "time": {},
-                "config_hash": config_hash(run.cfg), "versions": {}, "error": "RuntimeError: simulated crash"})
+            files.write_json(
+                run.folder / "result.json",
+                {
+                    "status": "failed",
+                    "experiment": run.cfg.experiment,
+                    "model": run.cfg.model.name,
+                    "task": run.cfg.task.name,
+                    "method": run.cfg.method["name"],
+                    "method_tag": run.cfg.method["name"],
+                    "seed": run.cfg.seed,
+                    "metrics": {},
+                    "score": None,
+                    "params": {},
+                    "stored_bytes": None,
+                    "time": {},
+                    "config_hash": config_hash(run.cfg),
+                    "versions": {},
+                    "error": "RuntimeError: simulated crash",
+                },
+            )
             return Finished(1)
         train_run(compose([*run.overrides, "train.progress=false"]))
         return Finished(0)
@@ -69,8 +84,15 @@ def launched(monkeypatch):
 
 def smoke(glue, res, *extra: str) -> list[str]:
     """sweep=smoke (tiny-random) on the tiny GLUE folder: RTE x {full, bitfit} x seed 1 by default."""
-    return ["sweep=smoke", f"data.glue_dir={glue}", f"results.dir={res}", "sweep.tasks=[rte]",
-            "sweep.methods=[full,bitfit]", "sweep.seeds=[1]", *extra]
+    return [
+        "sweep=smoke",
+        f"data.glue_dir={glue}",
+        f"results.dir={res}",
+        "sweep.tasks=[rte]",
+        "sweep.methods=[full,bitfit]",
+        "sweep.seeds=[1]",
+        *extra,
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,15 +101,19 @@ def smoke(glue, res, *extra: str) -> list[str]:
 
 def test_grid_counts_order_and_precedence(tiny_glue, tmp_path):
     sweep = SweepConfig(
-        name="t", experiment="smoke", seeds=[3, 4],
+        name="t",
+        experiment="smoke",
+        seeds=[3, 4],
         tasks=[TaskEntry("rte"), TaskEntry("stsb", ["train.epochs=1"])],
         methods=[MethodEntry("full"), MethodEntry("bitfit", ["train.lr=0.01", "train.epochs=3"])],
-        overrides=["train.lr=0.5", "train.batch_size=4", f"data.glue_dir={tiny_glue}"])
+        overrides=["train.lr=0.5", "train.batch_size=4", f"data.glue_dir={tiny_glue}"],
+    )
     runs = expand(sweep, ["train.batch_size=2", f"results.dir={tmp_path}", "launcher.workers=3", "sweep.seeds=[9]"])
     assert len(runs) == 2 * 2 * 2
     # seed-major: a half-finished sweep has every cell with the first seed
     assert [(r.cfg.seed, r.cfg.task.name, r.cfg.method["name"]) for r in runs] == [
-        (s, t, m) for s in (3, 4) for t in ("rte", "stsb") for m in ("full", "bitfit")]
+        (s, t, m) for s in (3, 4) for t in ("rte", "stsb") for m in ("full", "bitfit")
+    ]
     for r in runs:
         bitfit, stsb = r.cfg.method["name"] == "bitfit", r.cfg.task.name == "stsb"
         assert r.cfg.train.batch_size == 2  # the user's command line beats the sweep's overrides
@@ -96,19 +122,34 @@ def test_grid_counts_order_and_precedence(tiny_glue, tmp_path):
         assert r.cfg.model.name == "tiny-random" and r.cfg.experiment == "smoke"  # from conf/experiment/smoke.yaml
         assert not any(o.startswith(("launcher", "sweep")) for o in r.overrides)  # not passed to `peftx train`
         assert r.status == "pending" and r.note == "new"
-        assert r.folder == tmp_path / "runs/smoke/tiny-random" / r.cfg.method["name"] / r.cfg.task.name / f"seed{r.cfg.seed}"
+        assert (
+            r.folder
+            == tmp_path / "runs/smoke/tiny-random" / r.cfg.method["name"] / r.cfg.task.name / f"seed{r.cfg.seed}"
+        )
     # seeds after the first two are copied from the first composition: they must equal a fresh one
     for r in runs:
         assert r.cfg.to_dict() == compose(r.overrides).to_dict()
 
 
 def test_merge_overrides_last_of_each_key_wins():
-    assert merge_overrides(["a=1", "+b=2", "task=rte"], ["b=3", "c=4"], ["task=mrpc"]) == ["a=1", "b=3", "c=4", "task=mrpc"]
+    assert merge_overrides(["a=1", "+b=2", "task=rte"], ["b=3", "c=4"], ["task=mrpc"]) == [
+        "a=1",
+        "b=3",
+        "c=4",
+        "task=mrpc",
+    ]
 
 
 def test_sweep_file_shorthand_and_errors():
-    cfg = sweep_config({"name": "x", "experiment": "smoke", "tasks": ["rte", {"task": "mrpc", "overrides": ["seed=1"]}],
-                        "methods": ["full"], "seeds": [1]})
+    cfg = sweep_config(
+        {
+            "name": "x",
+            "experiment": "smoke",
+            "tasks": ["rte", {"task": "mrpc", "overrides": ["seed=1"]}],
+            "methods": ["full"],
+            "seeds": [1],
+        }
+    )
     assert cfg.tasks == [TaskEntry("rte"), TaskEntry("mrpc", ["seed=1"])] and cfg.methods == [MethodEntry("full")]
     with pytest.raises(UserError, match="sweep=NAME"):
         sweep_config(None)
@@ -128,8 +169,10 @@ def test_shipped_sweeps_exist():
     assert {"quickstart", "cpu_minilm", "paper_base", "paper_large", "pafi_embeddings", "smoke"} <= set(_shipped())
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow if n.startswith("paper") or n == "cpu_minilm"
-                                               else ()) for n in _shipped()])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow if n.startswith("paper") or n == "cpu_minilm" else ()) for n in _shipped()],
+)
 def test_shipped_sweep_expands(name, tmp_path):
     """Every run of every conf/sweep/*.yaml composes and validates (exit 2 would be a shipped bug)
     and has a folder of its own. The paper grids compose ~100 runs each: slow."""
@@ -186,8 +229,11 @@ def test_failed_runs_skipped_unless_retry_failed(tiny_glue, tmp_path, launched, 
 
 def _statuses(out: str) -> dict[str, str]:
     """method -> status from --dry-run's table."""
-    rows = [line.split() for line in out.splitlines()[1:] if line.split() and line.split()[0] in
-            ("pending", "completed", "failed", "queued")]
+    rows = [
+        line.split()
+        for line in out.splitlines()[1:]
+        if line.split() and line.split()[0] in ("pending", "completed", "failed", "queued")
+    ]
     return {row[2]: row[0] for row in rows}
 
 
@@ -199,7 +245,9 @@ def test_dry_run_lists_runs_and_runs_nothing(tiny_glue, tmp_path, launched, caps
     lines = out.splitlines()
     assert lines[0].split()[:5] == ["status", "task", "method", "seed", "folder"]
     assert len(lines) == 1 + 4 + 1
-    for line, (task, method) in zip(lines[1:5], [("rte", "full"), ("rte", "bitfit"), ("mrpc", "full"), ("mrpc", "bitfit")]):
+    for line, (task, method) in zip(
+        lines[1:5], [("rte", "full"), ("rte", "bitfit"), ("mrpc", "full"), ("mrpc", "bitfit")], strict=True
+    ):
         status, t, m, seed, folder = line.split()[:5]
         assert (status, t, m, seed) == ("pending", task, method, "1")
         assert folder == str(tmp_path / "runs/smoke/tiny-random" / method / task / "seed1")
@@ -240,11 +288,14 @@ def test_interrupted_run_is_pending_and_resumes(tiny_glue, tmp_path, launched, c
 # fail early
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("sweep.methods=[full,nosuchmethod]", "nosuchmethod"),
-    ("sweep.tasks=[rte,nosuchtask]", "nosuchtask"),
-    ("sweep.seeds=[1,x]", "sweep.seeds"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("sweep.methods=[full,nosuchmethod]", "nosuchmethod"),
+        ("sweep.tasks=[rte,nosuchtask]", "nosuchtask"),
+        ("sweep.seeds=[1,x]", "sweep.seeds"),
+    ],
+)
 def test_config_error_in_one_cell_exits_2_before_any_run(tiny_glue, tmp_path, launched, cli, bad, message):
     r = cli("sweep", *smoke(tiny_glue, tmp_path), bad)
     assert r.exit_code == 2, r.output
@@ -268,11 +319,17 @@ def test_shared_masks_built_once_before_any_run(tiny_glue, tmp_path, monkeypatch
     from peft_cli.methods.pafi import method as pafi_method
 
     events: list[str] = []
-    monkeypatch.setattr(pafi_method, "build_for_config", lambda cfg: events.append(
-        f"mask {cfg.model.name} {cfg.mask.strategy}") or SimpleNamespace(path=tmp_path / "m"))
+    monkeypatch.setattr(
+        pafi_method,
+        "build_for_config",
+        lambda cfg: events.append(f"mask {cfg.model.name} {cfg.mask.strategy}") or SimpleNamespace(path=tmp_path / "m"),
+    )
     monkeypatch.setattr(local, "start", lambda run, env: events.append(f"run {run.label}") or Finished(1))
     monkeypatch.setattr(local, "POLL_S", 0.0)
-    methods = "[pafi,{method:pafi,overrides:['mask.strategy=random']},{method:pafi,overrides:['mask.strategy=fisher']},bitfit]"
+    methods = (
+        "[pafi,{method:pafi,overrides:['mask.strategy=random']},"
+        "{method:pafi,overrides:['mask.strategy=fisher']},bitfit]"
+    )
     run_sweep(smoke(tiny_glue, tmp_path, "sweep.tasks=[rte,mrpc]", "sweep.seeds=[1,2]", f"sweep.methods={methods}"))
     masks = [e for e in events if e.startswith("mask")]
     assert masks == ["mask tiny-random smallest", "mask tiny-random random"]

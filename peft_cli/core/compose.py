@@ -9,6 +9,7 @@ from typing import Any
 from peft_cli.core.config import RunConfig, run_config
 from peft_cli.core.errors import UserError
 
+
 def conf_dir() -> Path:
     """`conf/` beside the package (editable install, a checkout) or inside it (wheel)."""
     here = Path(__file__).resolve().parent.parent  # the peft_cli package

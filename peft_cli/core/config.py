@@ -97,7 +97,7 @@ class TrainConfig:
 @dataclass
 class DataConfig:
     glue_dir: str | None = None  # classic GLUE folder; null = the hub (nyu-mll/glue)
-    protocol: str = "holdout"  # holdout | dev (see data.py)
+    protocol: str = "holdout"  # holdout | dev (see data/glue.py)
     split_seed: int = 42  # fixed across run seeds, so every seed sees the same test set
     holdout_size: int = 1000  # large tasks: train examples held out as validation
     max_train_examples: int | None = None  # subsample train (quick experiments); null = all
@@ -227,12 +227,17 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not 0.0 < cfg.mask.density <= 1.0:
         raise UserError(f"config key 'mask.density' is {cfg.mask.density}; it must be in (0, 1], e.g. 0.005")
     at_least = {  # key: (value, minimum)
-        "train.epochs": (cfg.train.epochs, 1), "train.batch_size": (cfg.train.batch_size, 1),
-        "train.eval_batch_size": (cfg.train.eval_batch_size, 1), "train.max_length": (cfg.train.max_length, 8),
-        "train.log_every": (cfg.train.log_every, 1), "train.checkpoint_every": (cfg.train.checkpoint_every, 0),
-        "train.max_steps": (cfg.train.max_steps, 1), "data.holdout_size": (cfg.data.holdout_size, 1),
+        "train.epochs": (cfg.train.epochs, 1),
+        "train.batch_size": (cfg.train.batch_size, 1),
+        "train.eval_batch_size": (cfg.train.eval_batch_size, 1),
+        "train.max_length": (cfg.train.max_length, 8),
+        "train.log_every": (cfg.train.log_every, 1),
+        "train.checkpoint_every": (cfg.train.checkpoint_every, 0),
+        "train.max_steps": (cfg.train.max_steps, 1),
+        "data.holdout_size": (cfg.data.holdout_size, 1),
         "data.max_train_examples": (cfg.data.max_train_examples, 1),
-        "mask.fisher_samples": (cfg.mask.fisher_samples, 1), "train.weight_decay": (cfg.train.weight_decay, 0),
+        "mask.fisher_samples": (cfg.mask.fisher_samples, 1),
+        "train.weight_decay": (cfg.train.weight_decay, 0),
     }
     for key, (value, low) in at_least.items():
         if value is not None and value < low:
@@ -257,13 +262,16 @@ def _validate_task(task: TaskConfig) -> None:
             raise UserError(f"config key 'task.metrics' names {m!r}; known metrics: {', '.join(METRIC_NAMES)}")
     suffixed = {m + s for m in task.metrics for s in task.dev_suffixes}
     if task.headline not in task.metrics:
-        raise UserError(f"config key 'task.headline' is {task.headline!r}; it must be one of task.metrics {task.metrics}")
+        raise UserError(
+            f"config key 'task.headline' is {task.headline!r}; it must be one of task.metrics {task.metrics}"
+        )
     for m in task.report:
         if m not in suffixed:
             raise UserError(f"config key 'task.report' names {m!r}; choose from {sorted(suffixed)}")
     if not len(task.dev_suffixes) == len(task.tsv.dev) == len(task.hub.dev):
-        raise UserError(f"task {task.name}: task.dev_suffixes, task.tsv.dev and task.hub.dev must have one entry "
-                        "per dev set")
+        raise UserError(
+            f"task {task.name}: task.dev_suffixes, task.tsv.dev and task.hub.dev must have one entry per dev set"
+        )
 
 
 def run_config(data: dict[str, Any]) -> RunConfig:

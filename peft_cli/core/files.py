@@ -11,7 +11,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 from peft_cli.core.errors import UserError
 
@@ -63,7 +63,12 @@ def save_tensors(path: Path, tensors: dict[str, "torch.Tensor"], metadata: dict[
     return path.stat().st_size
 
 
-def load_tensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+class Tensors(NamedTuple):
+    tensors: dict[str, "torch.Tensor"]  # name -> tensor, on CPU
+    metadata: dict[str, str]  # the safetensors header's string entries
+
+
+def load_tensors(path: Path) -> Tensors:
     """(tensors, header metadata) of a safetensors file; UserError naming the file if it is
     missing or unreadable. Never unpickles anything."""
     from safetensors import SafetensorError, safe_open
@@ -72,6 +77,6 @@ def load_tensors(path: Path) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]
         raise UserError(f"artifact not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+            return Tensors({k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {}))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e})") from None

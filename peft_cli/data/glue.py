@@ -20,7 +20,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from peft_cli.core.config import DataConfig, TaskConfig
 from peft_cli.core.errors import UserError
@@ -43,8 +43,10 @@ def read_tsv(path: Path, task: TaskConfig) -> list[Example]:
     """One classic GLUE TSV -> canonical examples. Quotes are literal text in GLUE (QUOTE_NONE),
     MRPC carries a UTF-8 BOM (utf-8-sig), CoLA has no header (columns by index)."""
     if not path.is_file():
-        raise UserError(f"GLUE file not found: {path} (data.glue_dir must hold {task.folder}/{path.name}; "
-                        "set data.glue_dir=null to use the hub)")
+        raise UserError(
+            f"GLUE file not found: {path} (data.glue_dir must hold {task.folder}/{path.name}; "
+            "set data.glue_dir=null to use the hub)"
+        )
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -99,24 +101,35 @@ def read_hub(task: TaskConfig, split: str, cache_dir: str | None) -> list[Exampl
     try:
         ds = datasets.load_dataset("nyu-mll/glue", task.hub.config, split=split, cache_dir=cache_dir)
     except Exception as e:  # network, missing cache: tell the user how to go offline
-        raise UserError(f"cannot load nyu-mll/glue/{task.hub.config} split '{split}' from the hub "
-                        f"({type(e).__name__}); offline, set data.glue_dir=/path/to/glue_data") from None
+        raise UserError(
+            f"cannot load nyu-mll/glue/{task.hub.config} split '{split}' from the hub "
+            f"({type(e).__name__}); offline, set data.glue_dir=/path/to/glue_data"
+        ) from None
     cols = task.hub.columns
     where = f"nyu-mll/glue/{task.hub.config}/{split}"
     return [_example(i, {f: row[c] for f, c in cols.items()}, task, f"{where} row {i}") for i, row in enumerate(ds)]
 
 
-def read_task(task: TaskConfig, data: DataConfig) -> tuple[list[Example], list[list[Example]]]:
-    """-> (train, [dev sets]) from the configured source."""
+class TaskData(NamedTuple):
+    train: list[Example]
+    devs: list[list[Example]]  # one per dev set (MNLI: matched, mismatched)
+
+
+def read_task(task: TaskConfig, data: DataConfig) -> TaskData:
+    """The task's train and dev examples from the configured source (GLUE folder or the hub)."""
     if data.glue_dir is None:
-        return (read_hub(task, task.hub.train, data.cache_dir),
-                [read_hub(task, s, data.cache_dir) for s in task.hub.dev])
+        return TaskData(
+            read_hub(task, task.hub.train, data.cache_dir),
+            [read_hub(task, s, data.cache_dir) for s in task.hub.dev],
+        )
     root = Path(data.glue_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.glue_dir={data.glue_dir} is not a folder; point it at a classic GLUE "
-                        f"folder ({task.folder}/train.tsv, ...) or set data.glue_dir=null for the hub")
+        raise UserError(
+            f"data.glue_dir={data.glue_dir} is not a folder; point it at a classic GLUE "
+            f"folder ({task.folder}/train.tsv, ...) or set data.glue_dir=null for the hub"
+        )
     folder = root / task.folder
-    return read_tsv(folder / task.tsv.train, task), [read_tsv(folder / f, task) for f in task.tsv.dev]
+    return TaskData(read_tsv(folder / task.tsv.train, task), [read_tsv(folder / f, task) for f in task.tsv.dev])
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +150,7 @@ def split(task: TaskConfig, data: DataConfig, train: list[Example], devs: list[l
             raise UserError(f"data.holdout_size={data.holdout_size} leaves no training data for {task.name}")
         order = train[:]
         rng.shuffle(order)
-        splits = Splits(order[data.holdout_size:], order[: data.holdout_size], devs)
+        splits = Splits(order[data.holdout_size :], order[: data.holdout_size], devs)
     if data.max_train_examples is not None and len(splits.train) > data.max_train_examples:
         splits.train = random.Random(data.split_seed + 1).sample(splits.train, data.max_train_examples)
     return splits

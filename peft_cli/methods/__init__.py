@@ -70,5 +70,16 @@ def mask_owner() -> type[Method]:
     return owners[0]
 
 
-__all__ = ["REGISTRY", "Method", "MethodContext", "NoOptions", "SharedResource", "build_method", "mask_owner",
-           "method_class", "method_config", "method_tag", "shared_resource"]
+__all__ = [
+    "REGISTRY",
+    "Method",
+    "MethodContext",
+    "NoOptions",
+    "SharedResource",
+    "build_method",
+    "mask_owner",
+    "method_class",
+    "method_config",
+    "method_tag",
+    "shared_resource",
+]

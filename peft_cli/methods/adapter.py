@@ -47,7 +47,9 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 1:
-            raise UserError(f"config key 'method.reduction_factor' is {self.reduction_factor}; it must be >= 1, e.g. 16")
+            raise UserError(
+                f"config key 'method.reduction_factor' is {self.reduction_factor}; it must be >= 1, e.g. 16"
+            )
         from peft_cli.methods.bottleneck import activation
 
         activation(self.activation, "method.activation")
@@ -74,15 +76,21 @@ class BottleneckAdapters(Method):
 
         from peft_cli.methods.bottleneck import Bottleneck, activation
 
-        found = [(n, m) for n, m in model.named_modules()
-                 if isinstance(m, nn.Linear) and any(re.search(s, n) for s in self.sites)]
+        found = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and any(re.search(s, n) for s in self.sites)
+        ]
         if not found:
-            raise UserError(f"method '{self.name}' found no BERT/RoBERTa sub-layer output projection "
-                            "('...layer.N.output.dense') in this model")
+            raise UserError(
+                f"method '{self.name}' found no BERT/RoBERTa sub-layer output projection "
+                "('...layer.N.output.dense') in this model"
+            )
         for _, dense in found:
             d = dense.out_features
-            adapter = Bottleneck(d, max(1, d // self.cfg.reduction_factor),
-                                 activation(self.cfg.activation, "method.activation"))
+            adapter = Bottleneck(
+                d, max(1, d // self.cfg.reduction_factor), activation(self.cfg.activation, "method.activation")
+            )
             dense.add_module(ATTR, adapter.to(dense.weight.device, dense.weight.dtype))
             dense.register_forward_hook(_apply_adapter)
         return model
@@ -99,9 +107,11 @@ class BottleneckAdapters(Method):
         return model
 
     def merge(self, model: "nn.Module") -> "nn.Module":
-        raise NotMergeable(f"method '{self.name}' adds bottleneck layers with a nonlinearity on the hidden states; "
-                           "they cannot be folded into the base weights (use `peftx eval`, or a mergeable method: "
-                           "full, bitfit, pafi, hiwi, lora)")
+        raise NotMergeable(
+            f"method '{self.name}' adds bottleneck layers with a nonlinearity on the hidden states; "
+            "they cannot be folded into the base weights (use `peftx eval`, or a mergeable method: "
+            "full, bitfit, pafi, hiwi, lora)"
+        )
 
 
 def _is_adapter(name: str) -> bool:

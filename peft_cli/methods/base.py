@@ -110,7 +110,8 @@ class Method(ABC):
     def finalize(self, model: "nn.Module") -> None:
         """Called once after the best epoch is restored, before the test split is scored: make the
         model exactly what `artifact()` will store (e.g. round values to a half-precision storage
-        dtype), so the run's metrics are the stored artifact's metrics."""
+        dtype), so the run's metrics are the stored artifact's metrics. Default: nothing to do."""
+        return None
 
     def merge(self, model: "nn.Module") -> "nn.Module":
         """Return a plain Hugging Face model with everything folded in (for `peftx export`).
@@ -124,7 +125,8 @@ class Method(ABC):
         return {}
 
     def check_metadata(self, metadata: dict[str, str]) -> None:
-        """Raise UserError if an artifact's header does not fit this method/base model."""
+        """Raise UserError if an artifact's header does not fit this method/base model. Default: no check."""
+        return None
 
 
 @dataclass
@@ -163,11 +165,14 @@ def load_named(model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> None:
     with torch.no_grad():
         for name, t in tensors.items():
             if name not in params:
-                raise UserError(f"artifact tensor '{name}' is not a parameter of this model; "
-                                "was the artifact made for another model or method?")
+                raise UserError(
+                    f"artifact tensor '{name}' is not a parameter of this model; "
+                    "was the artifact made for another model or method?"
+                )
             if params[name].shape != t.shape:
-                raise UserError(f"artifact tensor '{name}' has shape {tuple(t.shape)}, "
-                                f"the model's has {tuple(params[name].shape)}")
+                raise UserError(
+                    f"artifact tensor '{name}' has shape {tuple(t.shape)}, the model's has {tuple(params[name].shape)}"
+                )
             params[name].copy_(t)
 
 
@@ -176,8 +181,9 @@ def stored_backbone(model: "nn.Module", keep: Callable[[str], bool]) -> dict[str
     return {n: p.detach().cpu().contiguous() for n, p in backbone_parameters(model).items() if keep(n)}
 
 
-def load_backbone(model: "nn.Module", tensors: dict[str, "torch.Tensor"], keep: Callable[[str], bool],
-                  what: str) -> None:
+def load_backbone(
+    model: "nn.Module", tensors: dict[str, "torch.Tensor"], keep: Callable[[str], bool], what: str
+) -> None:
     """`load_named`, after checking that every backbone tensor passing `keep` is in the artifact."""
     missing = sorted(n for n in backbone_parameters(model) if keep(n) and n not in tensors)
     if missing:

@@ -40,7 +40,9 @@ DEFAULT_TARGETS = [r"\.intermediate\.dense\.bias$"]
 
 @dataclass
 class HiWiConfig:
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))  # regexes (re.search) over backbone parameter names
+    targets: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGETS)
+    )  # regexes (re.search) over backbone parameter names
     r: int | None = None  # bottleneck width; null = the largest width within `budget`, at least 1
     budget: float = 0.005  # adapter parameters / backbone parameters, used when r is null
     activation: str = "relu"
@@ -48,14 +50,18 @@ class HiWiConfig:
 
     def __post_init__(self) -> None:
         if not self.targets:
-            raise UserError("config key 'method.targets' is empty; give at least one regex, e.g. '\\.intermediate\\.dense\\.bias$'")
+            raise UserError(
+                "config key 'method.targets' is empty; give at least one regex, e.g. '\\.intermediate\\.dense\\.bias$'"
+            )
         for i, pattern in enumerate(self.targets):
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise UserError(f"config key 'method.targets[{i}]' is not a regex ({e}): {pattern!r}") from None
         if self.r is not None and self.r < 1:
-            raise UserError(f"config key 'method.r' is {self.r}; it must be >= 1 (or null to derive it from method.budget)")
+            raise UserError(
+                f"config key 'method.r' is {self.r}; it must be >= 1 (or null to derive it from method.budget)"
+            )
         if not 0.0 < self.budget < 1.0:
             raise UserError(f"config key 'method.budget' is {self.budget}; it must be in (0, 1), e.g. 0.005")
         from peft_cli.methods.bottleneck import activation
@@ -73,8 +79,10 @@ def find_targets(model: "nn.Module", patterns: list[str]) -> dict[str, tuple["nn
             if name in backbone and any(re.search(p, name) for p in patterns):
                 out[name] = (module, attr)
     if not out:
-        raise UserError(f"config key 'method.targets' ({patterns}) matches no backbone parameter of this model "
-                        "(names look like 'roberta.encoder.layer.0.intermediate.dense.bias')")
+        raise UserError(
+            f"config key 'method.targets' ({patterns}) matches no backbone parameter of this model "
+            "(names look like 'roberta.encoder.layer.0.intermediate.dense.bias')"
+        )
     return out
 
 
@@ -129,7 +137,9 @@ class HiWi(Method):
             if self.cfg.shared and d in adapters:
                 adapter = adapters[d]
             else:
-                adapter = Bottleneck(d, self.r, activation(self.cfg.activation, "method.activation")).to(p.device, p.dtype)
+                adapter = Bottleneck(d, self.r, activation(self.cfg.activation, "method.activation")).to(
+                    p.device, p.dtype
+                )
                 adapters[d] = adapter
             # `module.<attr>` now evaluates adapter(original); `original` is the frozen p itself
             parametrize.register_parametrization(module, attr, adapter)

@@ -64,14 +64,21 @@ class LoRA(Method):
         from peft import LoraConfig
         from peft.tuners.lora import LoraModel
 
-        config = LoraConfig(r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-                            target_modules=list(self.cfg.target_modules), bias="none",
-                            exclude_modules=rf"(?!{re.escape(model.base_model_prefix)}\.).*")  # never the head
+        config = LoraConfig(
+            r=self.cfg.r,
+            lora_alpha=self.cfg.alpha,
+            lora_dropout=self.cfg.dropout,
+            target_modules=list(self.cfg.target_modules),
+            bias="none",
+            exclude_modules=rf"(?!{re.escape(model.base_model_prefix)}\.).*",
+        )  # never the head
         try:
             # In place; also sets requires_grad=False on everything but A/B (the harness re-enables the head).
             self.tuner = LoraModel(model, config, ADAPTER)
         except ValueError as e:  # "Target modules ... not found in the base model"
-            raise UserError(f"config key 'method.target_modules' {self.cfg.target_modules}: {str(e).splitlines()[0]}") from None
+            raise UserError(
+                f"config key 'method.target_modules' {self.cfg.target_modules}: {str(e).splitlines()[0]}"
+            ) from None
         return model
 
     def prepare(self, model: "nn.Module") -> "nn.Module":

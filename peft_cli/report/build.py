@@ -19,7 +19,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from peft_cli.core.compose import conf_dir
 from peft_cli.core.config import ResultsConfig, TaskConfig, from_dict
@@ -65,8 +65,9 @@ def report_config(cfg: dict[str, Any]) -> ReportConfig:
     if rc.report.spread not in SPREADS:
         raise UserError(f"config key 'report.spread' is {rc.report.spread!r}; choose one of: {', '.join(SPREADS)}")
     if rc.report.runs is not None and (rc.report.runs.startswith("/") or ".." in Path(rc.report.runs).parts):
-        raise UserError(f"config key 'report.runs' is {rc.report.runs!r}; give a glob under results/runs, "
-                        "e.g. cpu_minilm/*/*/rte/*")
+        raise UserError(
+            f"config key 'report.runs' is {rc.report.runs!r}; give a glob under results/runs, e.g. cpu_minilm/*/*/rte/*"
+        )
     return rc
 
 
@@ -83,7 +84,12 @@ def load_task(name: str) -> TaskConfig:
     return from_dict(TaskConfig, yaml.safe_load(path.read_text(encoding="utf-8")), "task")
 
 
-def collect(results_dir: str | Path, pattern: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+class Collected(NamedTuple):
+    runs: list[dict[str, Any]]  # completed results, each with "_dir" (its run folder)
+    counts: dict[str, int]  # result.json files by status, "unreadable" included
+
+
+def collect(results_dir: str | Path, pattern: str) -> Collected:
     """Completed results under runs/<pattern>, and how many result.json files were skipped, by
     status (a file that is unreadable, half-written or lacks keys counts as 'unreadable')."""
     # globbed here rather than through record.iter_results, which silently drops unreadable files
@@ -96,14 +102,19 @@ def collect(results_dir: str | Path, pattern: str) -> tuple[list[dict[str, Any]]
         counts[r["status"] if r is not None else "unreadable"] += 1
         if r is not None and r["status"] == "completed":
             done.append({**r, "_dir": str(path.parent)})
-    return done, dict(counts)
+    return Collected(done, dict(counts))
 
 
 def _well_formed(r: dict[str, Any]) -> bool:
     try:
-        return (isinstance(r["metrics"]["test"], dict) and float(r["score"]) == float(r["score"])
-                and int(r["params"]["backbone"]) > 0 and int(r["params"]["trainable"]) >= 0
-                and int(r["params"]["stored"]) >= 0 and int(r["stored_bytes"]) >= 0)
+        return (
+            isinstance(r["metrics"]["test"], dict)
+            and float(r["score"]) == float(r["score"])
+            and int(r["params"]["backbone"]) > 0
+            and int(r["params"]["trainable"]) >= 0
+            and int(r["params"]["stored"]) >= 0
+            and int(r["stored_bytes"]) >= 0
+        )
     except (KeyError, TypeError, ValueError):
         return False
 
@@ -113,8 +124,14 @@ def _well_formed(r: dict[str, Any]) -> bool:
 
 
 # header suffix when a task shows several metrics ("MRPC F1")
-METRIC_LABELS = {"accuracy": "acc", "accuracy_mm": "acc-mm", "f1": "F1", "matthews_correlation": "MCC",
-                 "pearson": "Pearson", "spearmanr": "Spearman"}
+METRIC_LABELS = {
+    "accuracy": "acc",
+    "accuracy_mm": "acc-mm",
+    "f1": "F1",
+    "matthews_correlation": "MCC",
+    "pearson": "Pearson",
+    "spearmanr": "Spearman",
+}
 
 
 def columns_for(tasks: list[TaskConfig]) -> list[Column]:
@@ -154,8 +171,10 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
         key = (r["model"], r["method_tag"], r.get("protocol", "unknown"))
         run = (*key, r["task"], r["seed"])
         if run in seen:
-            raise UserError(f"two completed runs of {'/'.join(map(str, run))}: {seen[run]} and {r['_dir']}; "
-                            "narrow report.runs to one experiment")
+            raise UserError(
+                f"two completed runs of {'/'.join(map(str, run))}: {seen[run]} and {r['_dir']}; "
+                "narrow report.runs to one experiment"
+            )
         seen[run] = r["_dir"]
         groups.setdefault(key, []).append(r)
     several_models = len({k[0] for k in groups}) > 1
@@ -166,18 +185,39 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
         cells: dict[tuple[str, str], Cell] = {}
         for t in tasks:
             for m in t.report:
-                vals = [100.0 * float(r["metrics"]["test"][m]) for r in rs if r["task"] == t.name
-                        and r["metrics"]["test"].get(m) is not None]
+                vals = [
+                    100.0 * float(r["metrics"]["test"][m])
+                    for r in rs
+                    if r["task"] == t.name and r["metrics"]["test"].get(m) is not None
+                ]
                 if vals:
                     cells[(t.name, m)] = Cell(vals)
-        scores = {t.name: Cell([float(r["score"]) for r in rs if r["task"] == t.name])
-                  for t in tasks if any(r["task"] == t.name for r in rs)}
+        scores = {
+            t.name: Cell([float(r["score"]) for r in rs if r["task"] == t.name])
+            for t in tasks
+            if any(r["task"] == t.name for r in rs)
+        }
         label = tag + (f" ({model})" if several_models else "") + (f" [{protocol}]" if several_protocols else "")
-        rows.append(Row(label=label, published=False, model=model, method_tag=tag, protocol=protocol,
-                        cells=cells, scores=scores, avg=_avg(scores, tasks), trainable_pct=_pct(rs, "trainable"),
-                        stored_pct=_pct(rs, "stored"), bytes_per_task=_median([float(r["stored_bytes"]) for r in rs]),
-                        task_bytes={t.name: _median([float(r["stored_bytes"]) for r in rs if r["task"] == t.name])
-                                    for t in tasks if t.name in scores}))
+        rows.append(
+            Row(
+                label=label,
+                published=False,
+                model=model,
+                method_tag=tag,
+                protocol=protocol,
+                cells=cells,
+                scores=scores,
+                avg=_avg(scores, tasks),
+                trainable_pct=_pct(rs, "trainable"),
+                stored_pct=_pct(rs, "stored"),
+                bytes_per_task=_median([float(r["stored_bytes"]) for r in rs]),
+                task_bytes={
+                    t.name: _median([float(r["stored_bytes"]) for r in rs if r["task"] == t.name])
+                    for t in tasks
+                    if t.name in scores
+                },
+            )
+        )
     # paper order: the most stored first (full fine-tuning), ties by tag
     return sorted(rows, key=lambda r: (r.model, -(r.stored_pct or 0.0), r.method_tag, r.protocol))
 
@@ -188,10 +228,24 @@ def reference_rows(refs: list[Reference], tasks: list[TaskConfig]) -> list[Row]:
         for rr in ref.rows:
             cells = {(t, m): Cell([v]) for t, ms in rr.scores.items() for m, v in ms.items()}
             scores = {t.name: cells[(t.name, t.headline)] for t in tasks if (t.name, t.headline) in cells}
-            rows.append(Row(label=f"{rr.label} ({ref.model})", published=True, model=ref.model,
-                            method_tag=rr.label, protocol=ref.protocol, cells=cells, scores=scores,
-                            avg=_avg(scores, tasks), trainable_pct=_ref_pct(rr.trainable, ref),
-                            stored_pct=_ref_pct(rr.stored, ref), bytes_per_task=None, runs=ref.runs, note=i + 1, published_avg=rr.avg))
+            rows.append(
+                Row(
+                    label=f"{rr.label} ({ref.model})",
+                    published=True,
+                    model=ref.model,
+                    method_tag=rr.label,
+                    protocol=ref.protocol,
+                    cells=cells,
+                    scores=scores,
+                    avg=_avg(scores, tasks),
+                    trainable_pct=_ref_pct(rr.trainable, ref),
+                    stored_pct=_ref_pct(rr.stored, ref),
+                    bytes_per_task=None,
+                    runs=ref.runs,
+                    note=i + 1,
+                    published_avg=rr.avg,
+                )
+            )
     return rows
 
 
@@ -199,13 +253,22 @@ def _ref_pct(n: int | None, ref: Reference) -> float | None:
     return None if n is None else 100.0 * n / ref.backbone
 
 
-def build_table(experiment: str, runs: list[dict[str, Any]], counts: dict[str, int], refs: list[Reference],
-                spread: str = "std") -> Table:
+def build_table(
+    experiment: str, runs: list[dict[str, Any]], counts: dict[str, int], refs: list[Reference], spread: str = "std"
+) -> Table:
     """The table from completed results and reference files. Columns: the tasks of the measured
     runs (the references' tasks when nothing was measured), in GLUE order."""
     names = {r["task"] for r in runs} or {t for ref in refs for rr in ref.rows for t in rr.scores}
     tasks = [load_task(n) for n in order_tasks(names)]
-    return Table(experiment=experiment, columns=columns_for(tasks), tasks=tasks, rows=measured_rows(runs, tasks),
-                 references=reference_rows(refs, tasks), counts=counts,
-                 protocols=dict(sorted(Counter(r.get("protocol", "unknown") for r in runs).items())),
-                 models=sorted({r["model"] for r in runs}), sources=refs, spread=spread)
+    return Table(
+        experiment=experiment,
+        columns=columns_for(tasks),
+        tasks=tasks,
+        rows=measured_rows(runs, tasks),
+        references=reference_rows(refs, tasks),
+        counts=counts,
+        protocols=dict(sorted(Counter(r.get("protocol", "unknown") for r in runs).items())),
+        models=sorted({r["model"] for r in runs}),
+        sources=refs,
+        spread=spread,
+    )

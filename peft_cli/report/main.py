@@ -16,6 +16,7 @@ from peft_cli.report.reference import load_references
 from peft_cli.report.render import write_tables
 from peft_cli.report.table import SKIPPED
 
+
 def report_from_config(cfg: dict[str, Any], show: bool = False) -> list[Path]:
     """Composed config dict -> files under <results.dir>/tables/ (md, csv, tex, png, pdf).
     `show` prints the table to the console (the CLI's choice; the library is quiet)."""
@@ -24,8 +25,10 @@ def report_from_config(cfg: dict[str, Any], show: bool = False) -> list[Path]:
     runs, counts = collect(rc.results.dir, rc.pattern)
     if not runs and not refs:
         skipped = ", ".join(f"{counts[s]} {s}" for s in SKIPPED)
-        raise UserError(f"no completed result.json under {Path(rc.results.dir) / 'runs' / rc.pattern} ({skipped}); "
-                        "check experiment=, results.dir= or report.runs=")
+        raise UserError(
+            f"no completed result.json under {Path(rc.results.dir) / 'runs' / rc.pattern} ({skipped}); "
+            "check experiment=, results.dir= or report.runs="
+        )
     table = build_table(rc.experiment, runs, counts, refs, rc.report.spread)
     stem = rc.tables_dir / rc.experiment
     paths = write_tables(table, stem) + write_plot(table, stem)

@@ -42,13 +42,29 @@ def figure(table: Table):
     mid = (min(xs, default=0.0) + max(xs, default=0.0)) / 2
 
     labels: list[tuple[Row, str, float, dict]] = []  # drawn last, once the axes' scale is final
-    for i, (row, area) in enumerate(zip(measured, areas(measured))):
-        ax.scatter([row.stored_pct], [row.avg], s=area, color=f"C{i % 10}", alpha=0.85, edgecolors="black",
-                   linewidths=0.5, zorder=3)
+    for i, (row, area) in enumerate(zip(measured, areas(measured), strict=True)):
+        ax.scatter(
+            [row.stored_pct],
+            [row.avg],
+            s=area,
+            color=f"C{i % 10}",
+            alpha=0.85,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
         labels.append((row, row.label, area, {}))
     for row in published:
-        ax.scatter([row.stored_pct], [row.avg], s=PUBLISHED_AREA, marker="D", facecolors="none", edgecolors="black",
-                   linewidths=1.0, zorder=3)
+        ax.scatter(
+            [row.stored_pct],
+            [row.avg],
+            s=PUBLISHED_AREA,
+            marker="D",
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.0,
+            zorder=3,
+        )
         labels.append((row, f"{row.label} [{row.note}], published", PUBLISHED_AREA, {"style": "italic"}))
     if measured or published:
         ax.set_xscale("log")
@@ -61,7 +77,8 @@ def figure(table: Table):
     ax.grid(True, which="major", alpha=0.3)
     left_out = [r.label for r in table.rows if r not in measured]
     note = "marker area ~ log(bytes stored per task); hollow: published" + (
-        f"\nnot drawn (no Avg): {', '.join(left_out)}" if left_out else "")
+        f"\nnot drawn (no Avg): {', '.join(left_out)}" if left_out else ""
+    )
     ax.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.4", transform=ax.transAxes)
     fig.tight_layout()
     place_labels(ax, labels, mid)
@@ -86,12 +103,20 @@ def place_labels(ax, labels: list[tuple[Row, str, float, dict]], mid: float) -> 
         for i in order[1:]:
             placed.append(max(y[i], placed[-1] + LABEL_GAP))
         shift = (sum(placed) - sum(y[i] for i in order)) / len(order)  # keep the group centred
-        for i, p in zip(order, placed):
+        for i, p in zip(order, placed, strict=True):
             dy[i] = p - shift - y[i]
-    for (row, text, area, kw), off, r in zip(labels, dy, right):
+    for (row, text, area, kw), off, r in zip(labels, dy, right, strict=True):
         d = math.sqrt(area) / 2 + 2
-        ax.annotate(text, (row.stored_pct, row.avg), xytext=(d if r else -d, off), textcoords="offset points",
-                    ha="left" if r else "right", va="center", fontsize=7, **kw)
+        ax.annotate(
+            text,
+            (row.stored_pct, row.avg),
+            xytext=(d if r else -d, off),
+            textcoords="offset points",
+            ha="left" if r else "right",
+            va="center",
+            fontsize=7,
+            **kw,
+        )
 
 
 def write_plot(table: Table, stem: Path) -> list[Path]:

@@ -45,8 +45,10 @@ def load_reference(name: str) -> Reference:
     path = reference_path(name)
     if not path.is_file():
         known = sorted(p.stem for p in (conf_dir() / "reference").glob("*.yaml"))
-        raise UserError(f"report.references: no reference file {path}; choose from: {', '.join(known) or 'none'} "
-                        "(or give a path ending in .yaml)")
+        raise UserError(
+            f"report.references: no reference file {path}; choose from: {', '.join(known) or 'none'} "
+            "(or give a path ending in .yaml)"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:

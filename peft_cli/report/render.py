@@ -76,31 +76,46 @@ def caption(table: Table) -> str:
         protocol = next(iter(table.protocols))
     else:
         protocol = ", ".join(f"{p} ({n} runs)" for p, n in table.protocols.items()) or "none"
-    return (f"Experiment {table.experiment}: GLUE test scores in %, median over seeds; {models}; "
-            f"split protocol: {protocol}.")
+    return (
+        f"Experiment {table.experiment}: GLUE test scores in %, median over seeds; {models}; "
+        f"split protocol: {protocol}."
+    )
 
 
 def notes(table: Table) -> list[str]:
-    headlines = ", ".join(c.label for t in table.tasks for c in table.columns
-                          if c.task == t.name and c.metric == t.headline)
-    out = [f"Avg: mean over the {len(table.tasks)} tasks of each row's per-task median headline score "
-           f"({headlines}); {DASH} when the row lacks a task. "
-           "% trainable / % stored: parameters updated in training / written to the artifact, over the "
-           "backbone's parameters (task head excluded). Size/task: median bytes on disk of one run's artifact "
-           "(head included)."]
-    short = [f"{r.label} {c.label} n={cell.n} of {table.n_max}" for r in table.rows for c in table.columns
-             if table.marked(r, cell := r.cells.get((c.task, c.metric)))]
+    headlines = ", ".join(
+        c.label for t in table.tasks for c in table.columns if c.task == t.name and c.metric == t.headline
+    )
+    out = [
+        f"Avg: mean over the {len(table.tasks)} tasks of each row's per-task median headline score "
+        f"({headlines}); {DASH} when the row lacks a task. "
+        "% trainable / % stored: parameters updated in training / written to the artifact, over the "
+        "backbone's parameters (task head excluded). Size/task: median bytes on disk of one run's artifact "
+        "(head included)."
+    ]
+    short = [
+        f"{r.label} {c.label} n={cell.n} of {table.n_max}"
+        for r in table.rows
+        for c in table.columns
+        if table.marked(r, cell := r.cells.get((c.task, c.metric)))
+    ]
     if short:
-        out.append(f"{DAGGER} fewer seeds: " + "; ".join(short)
-                   + f". An Avg is marked {DAGGER} when one of its medians is.")
+        out.append(
+            f"{DAGGER} fewer seeds: " + "; ".join(short) + f". An Avg is marked {DAGGER} when one of its medians is."
+        )
     counts = table.counts
-    out.append(f"Runs: {counts.get('completed', 0)} completed result.json read; skipped: "
-               + ", ".join(f"{counts.get(s, 0)} {s}" for s in SKIPPED) + ".")
+    out.append(
+        f"Runs: {counts.get('completed', 0)} completed result.json read; skipped: "
+        + ", ".join(f"{counts.get(s, 0)} {s}" for s in SKIPPED)
+        + "."
+    )
     for i, ref in enumerate(table.sources, 1):
         rows = [r for r in table.references if r.note == i]
         quoted = ", ".join(f"{r.method_tag} {r.published_avg:.2f}" for r in rows if r.published_avg is not None)
-        out.append(f"[{i}] published, not measured here ({ref.model}, {ref.protocol} split): {ref.source}."
-                   + (f" Avg as published (over the source's tasks): {quoted}." if quoted else ""))
+        out.append(
+            f"[{i}] published, not measured here ({ref.model}, {ref.protocol} split): {ref.source}."
+            + (f" Avg as published (over the source's tasks): {quoted}." if quoted else "")
+        )
     return out
 
 
@@ -110,8 +125,12 @@ def notes(table: Table) -> list[str]:
 
 def to_markdown(table: Table) -> str:
     head = header(table)
-    lines = [f"**{caption(table)}**", "", "| " + " | ".join(head) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines = [
+        f"**{caption(table)}**",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
     for row in grid(table):
         row = row or ["*published*"] + [""] * (len(head) - 1)
         lines.append("| " + " | ".join(s.replace("|", "\\|") for s in row) + " |")
@@ -124,8 +143,9 @@ def to_csv(table: Table) -> str:
     spread = ["std"] if table.spread == "std" else ["min", "max"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row", "kind", "model", "method_tag", "protocol", "task", "metric", "median", "n", *spread,
-                "fewer_seeds"])
+    w.writerow(
+        ["row", "kind", "model", "method_tag", "protocol", "task", "metric", "median", "n", *spread, "fewer_seeds"]
+    )
     num = lambda v, f=".4f": "" if v is None else format(v, f)  # noqa: E731
     for r in table.rows + table.references:
         base = [r.label, "published" if r.published else "measured", r.model, r.method_tag, r.protocol]
@@ -149,8 +169,20 @@ def to_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", DAGGER: r"$^\dagger$", DASH: "--"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    DAGGER: r"$^\dagger$",
+    DASH: "--",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -160,15 +192,30 @@ def tex_escape(s: str) -> str:
 def to_latex(table: Table) -> str:
     head = header(table)
     row = lambda cs: " & ".join(tex_escape(c) for c in cs) + r" \\"  # noqa: E731
-    lines = [f"% peftx report, experiment {table.experiment}: generated from result.json files, do not edit",
-             r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}", r"\toprule", row(head), r"\midrule"]
+    lines = [
+        f"% peftx report, experiment {table.experiment}: generated from result.json files, do not edit",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
+        r"\toprule",
+        row(head),
+        r"\midrule",
+    ]
     for cs in grid(table):
-        lines += [r"\midrule", rf"\multicolumn{{{len(head)}}}{{l}}{{\textit{{published}}}} \\"] if cs is None \
-            else [row(cs)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + tex_escape(caption(table)) + "}",
-              r"\label{tab:" + tex_escape(table.experiment) + "}", r"\par\smallskip",
-              r"{\footnotesize " + r" \par ".join(tex_escape(n) for n in notes(table)) + "}", r"\end{table}", ""]
+        lines += (
+            [r"\midrule", rf"\multicolumn{{{len(head)}}}{{l}}{{\textit{{published}}}} \\"] if cs is None else [row(cs)]
+        )
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{" + tex_escape(caption(table)) + "}",
+        r"\label{tab:" + tex_escape(table.experiment) + "}",
+        r"\par\smallskip",
+        r"{\footnotesize " + r" \par ".join(tex_escape(n) for n in notes(table)) + "}",
+        r"\end{table}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -178,14 +225,20 @@ def print_table(table: Table) -> None:
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    t = RichTable(title=escape(caption(table)), caption=escape("\n".join(notes(table))), caption_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    t = RichTable(
+        title=escape(caption(table)),
+        caption=escape("\n".join(notes(table))),
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     body = grid(table)
     for i, h in enumerate(header(table)):
         # numbers never fold; a long method label folds when the terminal is narrow
         width = max((len(cs[i]) for cs in body if cs is not None), default=1)
-        t.add_column(escape(h), justify="left" if i == 0 else "right", overflow="fold",
-                     min_width=None if i == 0 else width)
+        t.add_column(
+            escape(h), justify="left" if i == 0 else "right", overflow="fold", min_width=None if i == 0 else width
+        )
     for cs in body:
         if cs is None:
             t.add_section()

@@ -28,6 +28,7 @@ class Encodings:
 
 def encode(cfg: RunConfig, tokenizer: Any, splits: Splits) -> Encodings:
     """Tokenize every split at `train.max_length`."""
+
     def enc(examples: list[dict]) -> Encoded:
         return Encoded(examples, tokenizer, cfg.train.max_length, cfg.task.is_regression)
 
@@ -55,6 +56,7 @@ def assemble(cfg: RunConfig, device: "torch.device", with_train: bool = True) ->
     fp = fingerprint(model)
     train_batches = None
     if with_train:
+
         def train_batches():  # FISH: a seeded pass over training batches
             import torch
 
@@ -62,8 +64,13 @@ def assemble(cfg: RunConfig, device: "torch.device", with_train: bool = True) ->
             for batch in data.train.loader(cfg.train.batch_size, order):
                 yield to_device(batch, device)
 
-    ctx = MethodContext(model_name=cfg.model.name, fingerprint=fp, results_dir=Path(cfg.results.dir),
-                        mask=cfg.mask, train_batches=train_batches)
+    ctx = MethodContext(
+        model_name=cfg.model.name,
+        fingerprint=fp,
+        results_dir=Path(cfg.results.dir),
+        mask=cfg.mask,
+        train_batches=train_batches,
+    )
     method = build_method(cfg.method, ctx)
     backbone_size = sum(p.numel() for p in backbone_parameters(model).values())
     return Assembled(model, head_parameters(model), method, data, fp, backbone_size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from peft_cli.core.files import load_tensors, save_tensors, write_json
 
@@ -42,13 +42,25 @@ def _dir(run: Path) -> Path:
     return run / "checkpoint"
 
 
+class Restored(NamedTuple):
+    progress: Progress
+    best: dict[str, "torch.Tensor"] | None  # the best epoch's trainable values, if one was evaluated
+
+
 class MethodChanged(Exception):
     """The checkpoint's method state (e.g. a FISH mask's digest) differs from the rebuilt method's."""
 
 
-def save(run: Path, config_hash: str, progress: Progress, params: dict[str, "torch.Tensor"],
-         best: dict[str, "torch.Tensor"] | None, optimizer: "torch.optim.Optimizer",
-         scheduler: "torch.optim.lr_scheduler.LRScheduler", method: dict[str, str] | None = None) -> None:
+def save(
+    run: Path,
+    config_hash: str,
+    progress: Progress,
+    params: dict[str, "torch.Tensor"],
+    best: dict[str, "torch.Tensor"] | None,
+    optimizer: "torch.optim.Optimizer",
+    scheduler: "torch.optim.lr_scheduler.LRScheduler",
+    method: dict[str, str] | None = None,
+) -> None:
     """`method`: the method's metadata (Method.metadata()), checked again on load."""
     import torch
 
@@ -72,19 +84,33 @@ def save(run: Path, config_hash: str, progress: Progress, params: dict[str, "tor
     d.mkdir(parents=True, exist_ok=True)
     name = f"state-{progress.step}.safetensors"
     save_tensors(d / name, tensors, {})
-    write_json(d / "state.json", {"config_hash": config_hash, "tensors": name, "progress": asdict(progress),
-                                  "adam_steps": steps, "scheduler": scheduler.state_dict(),
-                                  "has_best": best is not None, "method": method or {}})
+    write_json(
+        d / "state.json",
+        {
+            "config_hash": config_hash,
+            "tensors": name,
+            "progress": asdict(progress),
+            "adam_steps": steps,
+            "scheduler": scheduler.state_dict(),
+            "has_best": best is not None,
+            "method": method or {},
+        },
+    )
     for old in d.glob("state*.safetensors"):  # only now is the previous checkpoint superseded
         if old.name != name:
             old.unlink(missing_ok=True)
 
 
-def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimizer: "torch.optim.Optimizer",
-         scheduler: "torch.optim.lr_scheduler.LRScheduler",
-         method: dict[str, str] | None = None) -> tuple[Progress, dict[str, "torch.Tensor"] | None] | None:
+def load(
+    run: Path,
+    config_hash: str,
+    params: dict[str, "torch.Tensor"],
+    optimizer: "torch.optim.Optimizer",
+    scheduler: "torch.optim.lr_scheduler.LRScheduler",
+    method: dict[str, str] | None = None,
+) -> "Restored | None":
     """Restore a checkpoint written for the same config into params/optimizer/scheduler/RNG.
-    Returns (progress, best snapshot), or None when there is no usable checkpoint. Raises
+    Returns where training stands and the best-epoch snapshot, or None when there is no usable checkpoint. Raises
     MethodChanged when the config matches but the method state does not: a FISH mask is recomputed
     on resume, and its saved values belong to the mask they were trained with."""
     import torch
@@ -97,8 +123,9 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
     if meta.get("config_hash") != config_hash:
         return None
     if meta.get("method", {}) != (method or {}):
-        raise MethodChanged(f"{d / 'state.json'} was saved with method state {meta.get('method', {})}, "
-                            f"the run now has {method or {}}")
+        raise MethodChanged(
+            f"{d / 'state.json'} was saved with method state {meta.get('method', {})}, the run now has {method or {}}"
+        )
     tensors, _ = load_tensors(d / meta.get("tensors", "state.safetensors"))
     with torch.no_grad():
         for n, p in params.items():
@@ -106,8 +133,11 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
     for group in optimizer.param_groups:
         for p in group["params"]:
             n = next(k for k, v in params.items() if v is p)
-            state = {key.split("/")[1]: t.to(p.device) for key, t in tensors.items()
-                     if key.startswith("opt/") and key.split("/", 2)[2] == n}
+            state = {
+                key.split("/")[1]: t.to(p.device)
+                for key, t in tensors.items()
+                if key.startswith("opt/") and key.split("/", 2)[2] == n
+            }
             if n in meta["adam_steps"]:
                 state["step"] = torch.tensor(meta["adam_steps"][n])
             if state:
@@ -115,15 +145,17 @@ def load(run: Path, config_hash: str, params: dict[str, "torch.Tensor"], optimiz
     scheduler.load_state_dict(meta["scheduler"])
     # load_state_dict restores the schedule's position but not the lr the fresh optimizer holds
     # (that of step 0): without this the first resumed step would use the warmup's first lr.
-    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
         group["lr"] = lr
     torch.set_rng_state(tensors["rng/cpu"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda")]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
-    best = {k.removeprefix("best/"): t for k, t in tensors.items() if k.startswith("best/")} if meta["has_best"] else None
-    return Progress(**meta["progress"]), best
+    best = (
+        {k.removeprefix("best/"): t for k, t in tensors.items() if k.startswith("best/")} if meta["has_best"] else None
+    )
+    return Restored(Progress(**meta["progress"]), best)
 
 
 def saved_step(run: Path, config_hash: str) -> int | None:

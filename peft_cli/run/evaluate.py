@@ -65,8 +65,10 @@ def restore(run: Path, overrides: dict[str, Any] | None = None) -> Restored:
     a = assemble(cfg, device, with_train=False)
     tensors, meta = load_tensors(run / "artifact.safetensors")
     if meta.get("model_fingerprint") != a.fingerprint:
-        raise UserError(f"{run / 'artifact.safetensors'} was made for another backbone than model '{cfg.model.name}' "
-                        "loads now (fingerprint mismatch); evaluate it against the model it was trained from")
+        raise UserError(
+            f"{run / 'artifact.safetensors'} was made for another backbone than model '{cfg.model.name}' "
+            "loads now (fingerprint mismatch); evaluate it against the model it was trained from"
+        )
     a.method.check_metadata(meta)
     head_names = json.loads(meta.get("head", "[]"))
     missing = [n for n in head_names if n not in tensors]
@@ -85,8 +87,13 @@ def evaluate_run(run: Path, overrides: dict[str, Any] | None = None) -> dict[str
     test = score_tests(r.cfg, r.model, r.assembled.data, r.device, use_bf16(r.cfg.train, r.device)).metrics
     original = read_result(run / "result.json")
     run_test = original["metrics"]["test"] if original and original["status"] == "completed" else None
-    record = {"run": str(run), "metrics": {"test": test}, "score": headline(r.cfg, test),
-              "run_metrics": {"test": run_test}, "matches_run": run_test == test,
-              "time": {"eval_s": round(time.time() - t0, 3)}}
+    record = {
+        "run": str(run),
+        "metrics": {"test": test},
+        "score": headline(r.cfg, test),
+        "run_metrics": {"test": run_test},
+        "matches_run": run_test == test,
+        "time": {"eval_s": round(time.time() - t0, 3)},
+    }
     write_json(run / "eval.json", record)
     return record

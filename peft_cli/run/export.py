@@ -60,10 +60,17 @@ def export_run(run: Path, out: Path, overrides: dict[str, Any] | None = None) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"the exported model's logits differ from the run's by {diff:.2e} (> {TOLERANCE:g})")
     original = read_result(run / "result.json") or {}
-    record = {"run": str(run), "method": r.cfg.method["name"], "method_tag": original.get("method_tag"),
-              "model": r.cfg.model.name, "task": r.cfg.task.name, "seed": r.cfg.seed, "score": original.get("score"),
-              "labels": r.cfg.task.labels, "logits_check": {"examples": int(batch["input_ids"].shape[0]),
-                                                            "max_abs_diff": diff, "tolerance": TOLERANCE}}
+    record = {
+        "run": str(run),
+        "method": r.cfg.method["name"],
+        "method_tag": original.get("method_tag"),
+        "model": r.cfg.model.name,
+        "task": r.cfg.task.name,
+        "seed": r.cfg.seed,
+        "score": original.get("score"),
+        "labels": r.cfg.task.labels,
+        "logits_check": {"examples": int(batch["input_ids"].shape[0]), "max_abs_diff": diff, "tolerance": TOLERANCE},
+    }
     write_json(tmp / MARKER, record)
     for f in tmp.iterdir():  # atomic writers create 0600 files; a model folder is for others to read
         f.chmod(0o644)

@@ -17,8 +17,11 @@ from peft_cli.methods import method_class, method_config
 from peft_cli.methods import method_tag as _tag
 
 # keys that say where things are or how a run is watched, not what it computes
-_NOT_IDENTITY = {"data": ("glue_dir", "cache_dir"), "results": ("dir",),
-                 "train": ("progress", "log_every", "checkpoint_every", "device")}
+_NOT_IDENTITY = {
+    "data": ("glue_dir", "cache_dir"),
+    "results": ("dir",),
+    "train": ("progress", "log_every", "checkpoint_every", "device"),
+}
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -28,8 +31,11 @@ def config_hash(cfg: RunConfig) -> str:
     # The method's keys as its schema reads them (alpha 8 == 8.0), and the mask only for methods
     # that read it: `sweep ... mask.density=0.01` must not invalidate BitFit runs.
     cls = method_class(cfg.method["name"])
-    d["method"] = {"name": cls.name, "lr": _number(cfg.method.get("lr")),
-                   **{k: _number(v) for k, v in dataclasses.asdict(method_config(cfg.method)).items()}}
+    d["method"] = {
+        "name": cls.name,
+        "lr": _number(cfg.method.get("lr")),
+        **{k: _number(v) for k, v in dataclasses.asdict(method_config(cfg.method)).items()},
+    }
     if not cls.uses_mask:
         d.pop("mask")
     else:

@@ -25,8 +25,9 @@ def learning_rate(cfg: RunConfig) -> float:
     return float(lr)
 
 
-def make_optimizer(train: TrainConfig, lr: float, params: dict[str, "nn.Parameter"],
-                   decays: Callable[[str], bool], total_steps: int) -> Optimization:
+def make_optimizer(
+    train: TrainConfig, lr: float, params: dict[str, "nn.Parameter"], decays: Callable[[str], bool], total_steps: int
+) -> Optimization:
     """AdamW over `params` (name -> parameter, in model order): those for which `decays(name)` is
     true take `train.weight_decay`, the others none. The schedule warms up linearly over
     `warmup_ratio * total_steps` steps, then decays linearly to 0 at `total_steps`."""

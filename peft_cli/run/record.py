@@ -12,8 +12,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 STATUSES = ("completed", "failed", "cancelled", "running")
-REQUIRED_KEYS = ("status", "experiment", "model", "task", "method", "method_tag", "seed", "metrics", "score",
-                 "params", "stored_bytes", "time", "config_hash", "versions")
+REQUIRED_KEYS = (
+    "status",
+    "experiment",
+    "model",
+    "task",
+    "method",
+    "method_tag",
+    "seed",
+    "metrics",
+    "score",
+    "params",
+    "stored_bytes",
+    "time",
+    "config_hash",
+    "versions",
+)
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
@@ -55,8 +69,12 @@ def versions(device: str) -> dict[str, str]:
             out[pkg] = "not installed"
     try:
         here = Path(__file__).resolve().parent
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                           timeout=5).stdout.strip() or "unknown"
+        out["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         out["git_commit"] = "unknown"
     out["device"] = device

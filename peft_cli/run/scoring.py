@@ -30,8 +30,7 @@ class TestScores(NamedTuple):
     splits: list[tuple[str, "Encoded", list[float]]]  # (suffix, split, predictions) per dev set
 
 
-def predict(model: "nn.Module", encoded: "Encoded", batch_size: int, device: "torch.device",
-            bf16: bool) -> list[float]:
+def predict(model: "nn.Module", encoded: "Encoded", batch_size: int, device: "torch.device", bf16: bool) -> list[float]:
     """Predictions in file order: class ids, or the regression value. Logits are taken in fp32."""
     import torch
 
@@ -49,19 +48,21 @@ def predict(model: "nn.Module", encoded: "Encoded", batch_size: int, device: "to
     return preds
 
 
-def score_split(cfg: RunConfig, model: "nn.Module", enc: "Encoded", device: "torch.device", bf16: bool,
-                suffix: str = "") -> Scored:
+def score_split(
+    cfg: RunConfig, model: "nn.Module", enc: "Encoded", device: "torch.device", bf16: bool, suffix: str = ""
+) -> Scored:
     """Every metric of the task on one split (names get `suffix`, e.g. MNLI's "_mm")."""
     preds = predict(model, enc, cfg.train.eval_batch_size, device, bf16)
     return Scored(metrics.compute(cfg.task.metrics, preds, enc.labels, suffix), preds)
 
 
-def score_tests(cfg: RunConfig, model: "nn.Module", data: "Encodings", device: "torch.device",
-                bf16: bool) -> TestScores:
+def score_tests(
+    cfg: RunConfig, model: "nn.Module", data: "Encodings", device: "torch.device", bf16: bool
+) -> TestScores:
     """The test split(s), each once: MNLI's mismatched set adds metrics with suffix `_mm`."""
     found: dict[str, float] = {}
     splits = []
-    for enc, suffix in zip(data.tests, cfg.task.dev_suffixes):
+    for enc, suffix in zip(data.tests, cfg.task.dev_suffixes, strict=True):
         scored = score_split(cfg, model, enc, device, bf16, suffix)
         found.update(scored.metrics)
         splits.append((suffix, enc, scored.predictions))
@@ -76,5 +77,7 @@ def headline(cfg: RunConfig, test_metrics: dict[str, float]) -> float:
 def write_predictions(path: Path, enc: "Encoded", preds: list[float]) -> None:
     """predictions.tsv: `index prediction label`, one row per example of `enc`."""
     fmt = (lambda v: f"{v:.6f}") if enc.regression else (lambda v: str(int(v)))
-    rows = ["index\tprediction\tlabel"] + [f"{i}\t{fmt(p)}\t{fmt(g)}" for i, p, g in zip(enc.idx, preds, enc.labels)]
+    rows = ["index\tprediction\tlabel"] + [
+        f"{i}\t{fmt(p)}\t{fmt(g)}" for i, p, g in zip(enc.idx, preds, enc.labels, strict=True)
+    ]
     write_text(path, "\n".join(rows) + "\n")

@@ -58,8 +58,15 @@ def _run(cfg: RunConfig, show: bool, stop: threading.Event) -> dict[str, Any]:
         trainer.fit(stop, show)
         record = _finish(trainer, base, time.time() - started)
     except (Interrupted, KeyboardInterrupt) as e:
-        write_json(out / "result.json", {**base, "status": "cancelled", "error": str(e) or "interrupted",
-                                         "resumable": (out / "checkpoint" / "state.json").is_file()})
+        write_json(
+            out / "result.json",
+            {
+                **base,
+                "status": "cancelled",
+                "error": str(e) or "interrupted",
+                "resumable": (out / "checkpoint" / "state.json").is_file(),
+            },
+        )
         raise Interrupted(str(e) or "interrupted by Ctrl-C") from None
     except UserError:
         write_json(out / "result.json", {**base, "status": "failed", "error": "bad input (see stderr)"})
@@ -87,10 +94,18 @@ def _finish(t: Trainer, base: dict[str, Any], train_s: float) -> dict[str, Any]:
     artifact = a.method.artifact(t.model)
     head = {n: p.detach().cpu().contiguous() for n, p in a.head.items()}
     nbytes = save_tensors(out / "artifact.safetensors", {**artifact, **head}, artifact_metadata(cfg, a))
-    record = {**base, "status": "completed", "metrics": {"validation": val, "test": test.metrics},
-              "score": headline(cfg, test.metrics), "params": count_params(t.model, a, artifact),
-              "stored_bytes": nbytes, "time": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
-              "best_epoch": t.state.best_epoch, "steps": t.state.step, "history": t.state.history}
+    record = {
+        **base,
+        "status": "completed",
+        "metrics": {"validation": val, "test": test.metrics},
+        "score": headline(cfg, test.metrics),
+        "params": count_params(t.model, a, artifact),
+        "stored_bytes": nbytes,
+        "time": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
+        "best_epoch": t.state.best_epoch,
+        "steps": t.state.step,
+        "history": t.state.history,
+    }
     write_json(out / "result.json", record)
     return record
 
@@ -109,17 +124,35 @@ def count_params(model: "nn.Module", a: Assembled, artifact: dict[str, "torch.Te
 def artifact_metadata(cfg: RunConfig, a: Assembled) -> dict[str, str]:
     """The artifact's safetensors header: method, tag, model and its fingerprint, head names, and
     the method's own entries (e.g. PaFi's mask digest)."""
-    return {"peftx_method": cfg.method["name"], "method_tag": method_tag(cfg), "model": cfg.model.name,
-            "model_fingerprint": a.fingerprint, "head": json.dumps(sorted(a.head)), **a.method.metadata()}
+    return {
+        "peftx_method": cfg.method["name"],
+        "method_tag": method_tag(cfg),
+        "model": cfg.model.name,
+        "model_fingerprint": a.fingerprint,
+        "head": json.dumps(sorted(a.head)),
+        **a.method.metadata(),
+    }
 
 
 def _record(cfg: RunConfig, device: "torch.device") -> dict[str, Any]:
     """Keys of result.json known before training; the others start empty."""
-    return {"status": "running", "experiment": cfg.experiment, "model": cfg.model.name, "task": cfg.task.name,
-            "method": cfg.method["name"], "method_tag": method_tag(cfg), "seed": cfg.seed,
-            "metrics": {"validation": {}, "test": {}}, "score": None,
-            "params": {}, "stored_bytes": None, "time": {}, "config_hash": config_hash(cfg),
-            "protocol": cfg.data.protocol, "versions": versions(device_name(device))}
+    return {
+        "status": "running",
+        "experiment": cfg.experiment,
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "method": cfg.method["name"],
+        "method_tag": method_tag(cfg),
+        "seed": cfg.seed,
+        "metrics": {"validation": {}, "test": {}},
+        "score": None,
+        "params": {},
+        "stored_bytes": None,
+        "time": {},
+        "config_hash": config_hash(cfg),
+        "protocol": cfg.data.protocol,
+        "versions": versions(device_name(device)),
+    }
 
 
 def _yaml(cfg: RunConfig) -> str:

@@ -48,8 +48,9 @@ class Trainer:
         per_epoch = math.ceil(len(a.data.train) / cfg.train.batch_size)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * per_epoch
         self.epochs = math.ceil(self.total_steps / per_epoch)
-        self.optimizer, self.scheduler = make_optimizer(cfg.train, learning_rate(cfg), self.params, self._decays,
-                                                        self.total_steps)
+        self.optimizer, self.scheduler = make_optimizer(
+            cfg.train, learning_rate(cfg), self.params, self._decays, self.total_steps
+        )
         self.state = checkpoint.Progress()
         self.best: dict[str, torch.Tensor] | None = None  # the best epoch's trainable values
         self.method_state = a.method.metadata()  # fixed once prepared (PaFi: the mask digest, hashed once)
@@ -64,8 +65,12 @@ class Trainer:
         self._resume()
         self.model.train()
         with progress_bar(show_progress) as bar:
-            task = bar.add_task(f"{self.cfg.task.name} {self.cfg.method['name']} seed {self.cfg.seed}",
-                                total=self.total_steps, completed=self.state.step, info="")
+            task = bar.add_task(
+                f"{self.cfg.task.name} {self.cfg.method['name']} seed {self.cfg.seed}",
+                total=self.total_steps,
+                completed=self.state.step,
+                info="",
+            )
             while self.state.epoch < self.epochs:
                 for batch in self._batches():
                     if self.state.step >= self.total_steps:  # max_steps reached mid-epoch (or resumed right there)
@@ -142,13 +147,22 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
 
     def _save(self) -> None:
-        checkpoint.save(self.folder, self.chash, self.state, self.params, self.best, self.optimizer, self.scheduler,
-                        self.method_state)
+        checkpoint.save(
+            self.folder,
+            self.chash,
+            self.state,
+            self.params,
+            self.best,
+            self.optimizer,
+            self.scheduler,
+            self.method_state,
+        )
 
     def _resume(self) -> None:
         try:
-            restored = checkpoint.load(self.folder, self.chash, self.params, self.optimizer, self.scheduler,
-                                       self.method_state)
+            restored = checkpoint.load(
+                self.folder, self.chash, self.params, self.optimizer, self.scheduler, self.method_state
+            )
         except checkpoint.MethodChanged as e:  # never mix two masks' values: start over, and say so
             print(f"peftx: checkpoint discarded, the run starts from step 0: {e}", file=sys.stderr)
             self.log.write(event="checkpoint_discarded", reason=str(e))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from peft_cli.core.compose import compose_dict
 from peft_cli.core.config import RunConfig, from_dict, run_config
@@ -113,18 +113,25 @@ class Run:
         return f"{self.cfg.task.name} {method_tag(self.cfg)} seed {self.cfg.seed}"
 
 
-def status_of(folder: Path, chash: str) -> tuple[str, str]:
+class Status(NamedTuple):
+    status: str  # completed | failed | pending
+    note: str  # why pending ("new", "cancelled, resumes at step 40", ...), or a failed run's error
+
+
+def status_of(folder: Path, chash: str) -> Status:
     """(completed | failed | pending, note) from the folder's result.json and checkpoint.
     A result of another config (its config_hash differs from `chash`) is stale: that run is pending again."""
     r = read_result(folder / "result.json")
     if r is None:
-        return "pending", "new" if not (folder / "result.json").exists() else "unreadable result.json"
+        return Status("pending", "new" if not (folder / "result.json").exists() else "unreadable result.json")
     if r["config_hash"] != chash:
-        return "pending", f"config changed (was {r['config_hash']})"
+        return Status("pending", f"config changed (was {r['config_hash']})")
     if r["status"] in ("completed", "failed"):
-        return r["status"], r.get("error", "") if r["status"] == "failed" else ""
+        return Status(r["status"], r.get("error", "") if r["status"] == "failed" else "")
     step = checkpoint.saved_step(folder, chash)
-    return "pending", f"{r['status']}, resumes at step {step}" if step is not None else f"{r['status']}, restarts"
+    return Status(
+        "pending", f"{r['status']}, resumes at step {step}" if step is not None else f"{r['status']}, restarts"
+    )
 
 
 def expand(sweep: SweepConfig, user: list[str]) -> list[Run]:
@@ -145,8 +152,10 @@ def expand(sweep: SweepConfig, user: list[str]) -> list[Run]:
         if folder in runs:
             if config_hash(runs[folder].cfg) == chash:
                 continue  # the same run twice (e.g. a user override of `seed`): run it once
-            raise UserError(f"sweep '{sweep.name}': runs [{' '.join(runs[folder].overrides)}] and [{' '.join(overrides)}] "
-                            f"differ but share the folder {folder}; make the method_tag tell them apart or split the sweep")
+            raise UserError(
+                f"sweep '{sweep.name}': runs [{' '.join(runs[folder].overrides)}] and [{' '.join(overrides)}] "
+                f"differ but share the folder {folder}; make the method_tag tell them apart or split the sweep"
+            )
         runs[folder] = Run(overrides, cfg, folder, *status_of(folder, chash))
     return list(runs.values())
 
@@ -154,11 +163,14 @@ def expand(sweep: SweepConfig, user: list[str]) -> list[Run]:
 def _compose_seeds(sweep: SweepConfig, task: TaskEntry, method: MethodEntry, user: list[str]) -> list[dict[str, Any]]:
     """One composed dict per seed of the cell. Composing costs ~0.2 s; when the first two seeds give
     dicts that differ only in `seed` (nothing interpolates it), the rest are copies."""
+
     def one(seed: int) -> dict[str, Any]:
         try:
             return compose_dict(run_overrides(sweep, task, method, seed, user))
         except UserError as e:
-            raise UserError(f"sweep '{sweep.name}', run task={task.task} method={method.method} seed={seed}: {e}") from None
+            raise UserError(
+                f"sweep '{sweep.name}', run task={task.task} method={method.method} seed={seed}: {e}"
+            ) from None
 
     first = one(sweep.seeds[0])
     if len(sweep.seeds) == 1:
@@ -180,4 +192,4 @@ def _validated(d: dict[str, Any], sweep: SweepConfig, overrides: list[str]) -> t
 
 def with_status(run: Run) -> Run:
     """The run with its status read again (e.g. after a launcher ran it)."""
-    return dataclasses.replace(run, **dict(zip(("status", "note"), status_of(run.folder, config_hash(run.cfg)))))
+    return dataclasses.replace(run, **status_of(run.folder, config_hash(run.cfg))._asdict())

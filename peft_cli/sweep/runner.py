@@ -40,8 +40,10 @@ def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = 
     if dry_run:
         _list(sweep.name, runs, todo, in_flight, launcher)
         return 0
-    console.print(f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs, in_flight)}; "
-                  f"{len(todo)} to run ({launcher.name})")
+    console.print(
+        f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs, in_flight)}; "
+        f"{len(todo)} to run ({launcher.name})"
+    )
     if todo:
         build_shared(todo, console)
     launched = launcher.launch(todo, len(runs) - len(todo), console)
@@ -93,9 +95,11 @@ def _list(name: str, runs: list[Run], todo: list[Run], in_flight: dict[Path, str
     header = ("status", "task", "method", "seed", "folder", "note")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[5])
-    print(f"sweep {name}: {len(runs)} runs; {_counts(runs, in_flight)}; would run {len(todo)} with "
-          f"launcher={launcher.name}")
+        print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+    print(
+        f"sweep {name}: {len(runs)} runs; {_counts(runs, in_flight)}; would run {len(todo)} with "
+        f"launcher={launcher.name}"
+    )
     for line in launcher.plan(todo):
         print(line)
 
@@ -122,7 +126,9 @@ def _summary(name: str, runs: list[Run], todo: int, outcomes: list, console: "Co
     failed = sum(r.status == "failed" for r in runs)
     incomplete = sum(r.status != "completed" for r in runs)  # failed, or cancelled/never started
     started = f"ran {len(outcomes)} now" + (f" ({todo - len(outcomes)} not started)" if todo > len(outcomes) else "")
-    console.print(f"sweep {name}: {len(runs)} runs; {started}, skipped {len(runs) - todo}; {_counts(runs, {})}"
-                  + ("; rerun with --retry-failed to retry failed runs" if failed else "")
-                  + ("; rerun the sweep to finish the others" if incomplete > failed else ""))
+    console.print(
+        f"sweep {name}: {len(runs)} runs; {started}, skipped {len(runs) - todo}; {_counts(runs, {})}"
+        + ("; rerun with --retry-failed to retry failed runs" if failed else "")
+        + ("; rerun the sweep to finish the others" if incomplete > failed else "")
+    )
     return incomplete

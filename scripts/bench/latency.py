@@ -40,27 +40,44 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = ("base", "hiwi_exported", "pafi_applied", "lora_unmerged", "lora_merged", "houlsby", "pfeiffer")
 SEQ = 128
-ROBERTA_BASE = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, hidden_size=768,
-                    num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-TINY = dict(vocab_size=1000, max_position_embeddings=514, type_vocab_size=1, hidden_size=64,
-            num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+ROBERTA_BASE = dict(
+    vocab_size=50265,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+)
+TINY = dict(
+    vocab_size=1000,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+)
 
 
 def build_variants(shape: dict, device) -> dict:
     import torch
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    from peft_cli.config import MaskConfig
+    from peft_cli.core.config import MaskConfig
     from peft_cli.methods import MethodContext, build_method
+    from peft_cli.methods.base import freeze_backbone
 
     torch.manual_seed(0)
     base = RobertaForSequenceClassification(RobertaConfig(num_labels=2, **shape)).eval()
-    ctx = MethodContext("bench", "none", Path("unused"), MaskConfig(), 0, torch.device("cpu"))
+    ctx = MethodContext("bench", "none", Path("unused"), MaskConfig())
 
     def with_method(raw: dict):
         torch.manual_seed(1)  # adapter inits draw from the global RNG: the same raw -> the same model
         method = build_method(raw, ctx)
-        model = method.prepare(copy.deepcopy(base))
+        model = copy.deepcopy(base)
+        freeze_backbone(model)  # as the harness does before prepare
+        model = method.prepare(model)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():  # move the zero-init up/B matrices off zero
             for n, p in model.named_parameters():
@@ -92,8 +109,10 @@ def time_variants(models: dict, batch: int, rounds: int, warmup: int, device) ->
     import torch
 
     g = torch.Generator().manual_seed(3)
-    x = {"input_ids": torch.randint(3, models["base"].config.vocab_size, (batch, SEQ), generator=g).to(device),
-         "attention_mask": torch.ones(batch, SEQ, dtype=torch.long, device=device)}
+    x = {
+        "input_ids": torch.randint(3, models["base"].config.vocab_size, (batch, SEQ), generator=g).to(device),
+        "attention_mask": torch.ones(batch, SEQ, dtype=torch.long, device=device),
+    }
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in models}
     order = list(models)
@@ -120,9 +139,14 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def summarize(times: dict[str, list[float]]) -> dict:
     b25, base, b75 = quartiles(times["base"])
-    return {"rounds": len(times["base"]), "noise_iqr_over_median": (b75 - b25) / base,
-            "variants": {k: {"median_ms": 1000 * statistics.median(v), "ratio": statistics.median(v) / base}
-                         for k, v in times.items()}}
+    return {
+        "rounds": len(times["base"]),
+        "noise_iqr_over_median": (b75 - b25) / base,
+        "variants": {
+            k: {"median_ms": 1000 * statistics.median(v), "ratio": statistics.median(v) / base}
+            for k, v in times.items()
+        },
+    }
 
 
 def statement(cells: list[dict]) -> str:
@@ -130,23 +154,33 @@ def statement(cells: list[dict]) -> str:
     lines = []
     for c in cells:
         r = {k: v["ratio"] for k, v in c["variants"].items()}
-        lines.append(f"- {c['dtype']}, batch {c['batch']} (base {c['variants']['base']['median_ms']:.1f} ms, "
-                     f"base IQR/median {c['noise_iqr_over_median']:.2f}): HiWi exported {r['hiwi_exported']:.2f}x, "
-                     f"PaFi applied {r['pafi_applied']:.2f}x, LoRA merged {r['lora_merged']:.2f}x, "
-                     f"LoRA unmerged {r['lora_unmerged']:.2f}x, Houlsby {r['houlsby']:.2f}x, "
-                     f"Pfeiffer {r['pfeiffer']:.2f}x the base model's median latency.")
+        lines.append(
+            f"- {c['dtype']}, batch {c['batch']} (base {c['variants']['base']['median_ms']:.1f} ms, "
+            f"base IQR/median {c['noise_iqr_over_median']:.2f}): HiWi exported {r['hiwi_exported']:.2f}x, "
+            f"PaFi applied {r['pafi_applied']:.2f}x, LoRA merged {r['lora_merged']:.2f}x, "
+            f"LoRA unmerged {r['lora_unmerged']:.2f}x, Houlsby {r['houlsby']:.2f}x, "
+            f"Pfeiffer {r['pfeiffer']:.2f}x the base model's median latency."
+        )
     return "\n".join(lines)
 
 
 def render(runs: dict) -> str:
-    out = ["# Inference latency relative to the base model", "",
-           "Reproduce: `python scripts/bench/latency.py` (CPU; on a CUDA machine the same command measures the GPU "
-           "in fp32 and bf16). Ratios are medians of the variant over the base model's median in the same run; "
-           "HiWi exported and PaFi applied run the base model's graph with other values.", ""]
-    for key, run in runs.items():
-        out += [f"## {run['device']}", "",
-                f"{run['date']}, torch {run['torch']}, transformers {run['transformers']}, {run['threads']} threads, "
-                f"sequence length {SEQ}, command `{run['command']}`", ""]
+    out = [
+        "# Inference latency relative to the base model",
+        "",
+        "Reproduce: `python scripts/bench/latency.py` (CPU; on a CUDA machine the same command measures the GPU "
+        "in fp32 and bf16). Ratios are medians of the variant over the base model's median in the same run; "
+        "HiWi exported and PaFi applied run the base model's graph with other values.",
+        "",
+    ]
+    for run in runs.values():
+        out += [
+            f"## {run['device']}",
+            "",
+            f"{run['date']}, torch {run['torch']}, transformers {run['transformers']}, {run['threads']} threads, "
+            f"sequence length {SEQ}, command `{run['command']}`",
+            "",
+        ]
         header = "| variant | " + " | ".join(f"{c['dtype']} b{c['batch']} ms | ratio" for c in run["cells"]) + " |"
         out += [header, "|---|" + "---:|---:|" * len(run["cells"])]
         for v in VARIANTS:
@@ -168,8 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model, 3 passes: a smoke run")
     ap.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--rounds", type=int, nargs="+", default=None,
-                    help="passes per variant for each batch size (default CPU 40 12, GPU 300 200)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="passes per variant for each batch size (default CPU 40 12, GPU 300 200)",
+    )
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--dtypes", nargs="+", default=None, help="fp32 bf16 (default: fp32 on CPU, both on CUDA)")
     ap.add_argument("--out", default=None, help="stem of the .md/.json written (default results/bench/latency)")
@@ -178,11 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
-    from peft_cli import results
-    from peft_cli.runtime import device_name
+    from peft_cli.core import files
+    from peft_cli.core.runtime import device_name
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cuda = device.type == "cuda"
     dtypes = args.dtypes or (["fp32", "bf16"] if cuda else ["fp32"])
     rounds = args.rounds or ([3] * len(args.batches) if args.quick else ([300, 200] if cuda else [40, 12]))
@@ -194,21 +236,27 @@ def main(argv: list[str] | None = None) -> None:
     for dtype in dtypes:
         if dtype == "bf16":
             models = {k: m.to(torch.bfloat16) for k, m in models.items()}
-        for batch, n in zip(args.batches, rounds):
+        for batch, n in zip(args.batches, rounds, strict=True):
             t0 = time.time()
             cell = {"dtype": dtype, "batch": batch, **summarize(time_variants(models, batch, n, warmup, device))}
             cells.append(cell)
             print(f"{dtype} batch {batch}: {n} rounds in {time.time() - t0:.0f}s", file=sys.stderr)
     key = f"{device.type}{'-quick' if args.quick else ''}"
-    run = {"device": device_name(device), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-           "python": platform.python_version(), "command": command(sys.argv[1:]),
-           "cells": cells}
+    run = {
+        "device": device_name(device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "command": command(sys.argv[1:]),
+        "cells": cells,
+    }
     json_path = stem.with_suffix(".json")
     runs = json.loads(json_path.read_text())["runs"] if json_path.is_file() else {}
     runs[key] = run  # one entry per device kind: a GPU run adds to the CPU one
-    results.write_json(json_path, {"runs": runs})
-    results.write_text(stem.with_suffix(".md"), render(runs))
+    files.write_json(json_path, {"runs": runs})
+    files.write_text(stem.with_suffix(".md"), render(runs))
     print(statement(cells))
 
 

@@ -6,7 +6,7 @@ then times the selection alone. The `model` row (build only) is the RSS floor of
 
     python scripts/bench/mask_build.py --model-size large        # writes results/bench/mask_build.{md,json}
 
-Variants: model (reference), peftx (`peft_cli.mask.select`, streaming radix select),
+Variants: model (reference), peftx (`peft_cli.methods.pafi.select.select`, streaming radix select),
 sort (torch.cat of all |θ| + torch.sort), kthvalue (torch.cat + torch.kthvalue).
 Each selection variant also reports its threshold |θ| so the rows check one another.
 """
@@ -51,7 +51,7 @@ def child(variant: str, size: str, density: float, repeat: int, seed: int, threa
     from transformers import RobertaConfig, RobertaModel
 
     sys.path.insert(0, str(ROOT))
-    from peft_cli.mask import MaskSpec, select
+    from peft_cli.methods.pafi.select import MaskSpec, select
 
     cfg = RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, **SIZES[size])
     model = RobertaModel(cfg)
@@ -62,7 +62,14 @@ def child(variant: str, size: str, density: float, repeat: int, seed: int, threa
     named = {n: p for n, p in model.named_parameters()}
     n = sum(p.numel() for p in named.values())
     k = round(density * n)
-    row = {"variant": variant, "threads": torch.get_num_threads(), "params": n, "tensors": len(named), "k": k, "model_peak_gb": _peak_gb()}
+    row = {
+        "variant": variant,
+        "threads": torch.get_num_threads(),
+        "params": n,
+        "tensors": len(named),
+        "k": k,
+        "model_peak_gb": _peak_gb(),
+    }
     if variant == "model":
         return row | {"peak_gb": row["model_peak_gb"]}
 
@@ -90,7 +97,7 @@ def machine() -> dict:
     import torch
     import transformers
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
@@ -135,9 +142,12 @@ def render(res: dict) -> str:
         )
     for px in [r for r in rows if r["variant"] == "peftx" and "error" not in r]:
         ok_t, ok_m = px["wall_s"] < TARGET_S, px["peak_gb"] < TARGET_GB
-        out += ["", f"Targets (peftx, {px['threads']} threads; set for roberta-large, d=0.005): wall < {TARGET_S:g} s: "
-                f"{'met' if ok_t else 'NOT met'} ({px['wall_s']:.2f} s); peak RSS < {TARGET_GB:g} GB: "
-                f"{'met' if ok_m else 'NOT met'} ({px['peak_gb']:.2f} GB)."]
+        out += [
+            "",
+            f"Targets (peftx, {px['threads']} threads; set for roberta-large, d=0.005): wall < {TARGET_S:g} s: "
+            f"{'met' if ok_t else 'NOT met'} ({px['wall_s']:.2f} s); peak RSS < {TARGET_GB:g} GB: "
+            f"{'met' if ok_m else 'NOT met'} ({px['peak_gb']:.2f} GB).",
+        ]
     thr = {r["variant"]: r["threshold"] for r in rows if "threshold" in r}
     same = len(set(thr.values())) == 1
     out += ["", f"Thresholds {'agree' if same else 'DIFFER'} across variants: {thr}."]
@@ -151,8 +161,13 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--repeat", type=int, default=1, help="timed selections per child (best is reported)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, nargs="+", default=[0],
-                    help="torch intra-op threads per child, one set of rows per value (0: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="torch intra-op threads per child, one set of rows per value (0: torch's default)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench", help="dir for mask_build.{md,json}")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -172,8 +187,22 @@ def main() -> None:
     }
     runs = [("model", 0)] + [(v, th) for th in a.threads for v in variants if v != "model"]
     for v, th in runs:
-        cmd = [sys.executable, __file__, "--child", v, "--model-size", a.model_size, "--density", str(a.density),
-               "--repeat", str(a.repeat), "--seed", str(a.seed), "--threads", str(th)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            v,
+            "--model-size",
+            a.model_size,
+            "--density",
+            str(a.density),
+            "--repeat",
+            str(a.repeat),
+            "--seed",
+            str(a.seed),
+            "--threads",
+            str(th),
+        ]
         t = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode:

@@ -1,6 +1,6 @@
 """One training step of a roberta-base-sized classifier: time and peak RSS per fine-tuning method.
 
-    python scripts/bench/pafi_step.py                      # all variants, CPU, 2 threads -> results/bench/pafi_step.{md,json}
+    python scripts/bench/pafi_step.py        # all variants, CPU, 2 threads -> results/bench/pafi_step.{md,json}
     python scripts/bench/pafi_step.py --variants full pafi --steps 5 --warmup 1
 
 Random-init RobertaForSequenceClassification(RobertaConfig(num_labels=2)) (base defaults), batch 8 x 128,
@@ -13,7 +13,7 @@ After the steps the child rebuilds the initial model (same seed) and counts back
 changed outside the variant's chosen set (head excluded; full FT and LoRA: n/a by construction).
 
 The PaFi mask (density 0.005, globally smallest |θ| over all backbone tensors) is built once in the
-parent with peft_cli.mask.select and handed to the peftx and selective-optimizers children
+parent with peft_cli.methods.pafi.select.select and handed to the peftx and selective-optimizers children
 (selective-optimizers selects its own budget-sized set the same way; its count is reported).
 """
 
@@ -93,7 +93,7 @@ def _child(args) -> dict:
                 chosen[n] = torch.arange(p.numel())
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_kw)
     elif v == "pafi":
-        from peft_cli.sparse import attach
+        from peft_cli.methods.pafi.sparse import attach
 
         mask = torch.load(args.mask)
         freeze_all()
@@ -134,7 +134,10 @@ def _child(args) -> dict:
             budget=k + sum(p.numel() for p in hp), verify=False, **opt_kw,
         )  # fmt: skip
         names = [n for n, _ in model.named_parameters() if not n.startswith("classifier")]
-        chosen = {n: m.reshape(-1).nonzero().reshape(-1) for n, m in zip(names, opt.param_groups[0]["chosen_masks"])}
+        chosen = {
+            n: m.reshape(-1).nonzero().reshape(-1)
+            for n, m in zip(names, opt.param_groups[0]["chosen_masks"], strict=True)
+        }
         info["k"] = sum(int(c.numel()) for c in chosen.values())
         info["note"] = "forces weight_decay=0 (prints so); dense grads, grad masking, dense Adam state"
     else:
@@ -147,7 +150,7 @@ def _child(args) -> dict:
                  labels=torch.randint(0, 2, (BATCH,), generator=g).to(dev))  # fmt: skip
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
     times, cpu = [], []
-    for s in range(args.steps):
+    for _ in range(args.steps):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0, c0 = time.perf_counter(), time.process_time()
@@ -212,9 +215,9 @@ def _mask(density: float, path: str, tiny: bool) -> dict:
     model = _build(tiny)
     named = {n: p.detach() for n, p in _backbone(dict(model.named_parameters())).items()}
     try:
-        from peft_cli.mask import MaskSpec, select
+        from peft_cli.methods.pafi.select import MaskSpec, select
 
-        idx, how = select(named, MaskSpec(strategy="smallest", density=density)), "peft_cli.mask.select"
+        idx, how = select(named, MaskSpec(strategy="smallest", density=density)), "peft_cli.methods.pafi.select.select"
     except ImportError:  # fallback: threshold = k-th smallest |θ| of all backbone entries (ties: first ones)
         allabs = torch.cat([t.abs().reshape(-1) for t in named.values()])
         k = round(density * allabs.numel())
@@ -296,7 +299,9 @@ def main() -> None:
             best["step_s"] = min(x["step_s"] for x in ok)
             best["cpu_s"] = min(x["cpu_s"] for x in ok)
             best["peak_rss"] = max(x["peak_rss"] for x in ok)  # same setup: should agree; keep worst
-            print(f"round {rnd}", v, {k: r.get(k) for k in ("step_s", "cpu_s", "peak_rss", "changed_outside")}, flush=True)
+            print(
+                f"round {rnd}", v, {k: r.get(k) for k in ("step_s", "cpu_s", "peak_rss", "changed_outside")}, flush=True
+            )
     os.remove(mask_path)
     os.rmdir(tmp)
 
@@ -334,7 +339,8 @@ def _render(meta: dict, results: dict, out: Path) -> None:
     cuda = meta["device"].startswith("cuda")
     mem = "CUDA peak alloc GB" if cuda else "peak RSS GB"
     rows = [
-        f"| variant | step s (median) | x full | CPU s/step | {mem} | x full | trainable | AdamW state | changed outside set |",
+        f"| variant | step s (median) | x full | CPU s/step | {mem} | x full | trainable | AdamW state "
+        "| changed outside set |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for v, r in results.items():
@@ -345,7 +351,8 @@ def _render(meta: dict, results: dict, out: Path) -> None:
         m, mr = (r["cuda_peak_alloc"], r.get("cuda_vs_full")) if cuda else (r["peak_rss"], r.get("rss_vs_full"))
         rows.append(
             f"| {LABEL[v]} | {r['step_s']:.3f} | {r.get('time_vs_full', float('nan')):.2f} | {r['cpu_s']:.2f} "
-            f"| {_fmt_gb(m)} | {mr if mr is not None else float('nan'):.2f} | {r['trainable']:,} | {r['opt_state']:,} | {ch} |"
+            f"| {_fmt_gb(m)} | {mr if mr is not None else float('nan'):.2f} | {r['trainable']:,} "
+            f"| {r['opt_state']:,} | {ch} |"
         )
     mi = meta["mask"]
     load = meta.get("loadavg")

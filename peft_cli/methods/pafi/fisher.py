@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def fisher_mask(model: "nn.Module", batches: Callable[[], Iterable[dict[str, "torch.Tensor"]]], spec: MaskSpec,
-                samples: int) -> dict[str, "torch.Tensor"]:
+def fisher_mask(
+    model: "nn.Module", batches: Callable[[], Iterable[dict[str, "torch.Tensor"]]], spec: MaskSpec, samples: int
+) -> dict[str, "torch.Tensor"]:
     """{backbone parameter name: sorted int32 flat indices} of the k entries with the largest
     summed squared gradients over `samples` examples drawn from `batches()` (dicts with labels)."""
     import torch

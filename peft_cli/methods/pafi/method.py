@@ -1,6 +1,6 @@
 """PaFi (Liao, Meng & Monz, 2023): train only the k smallest-magnitude pre-trained entries.
 
-The mask is task-agnostic (shared_mask.py): built once per model from |θ| and shared by every
+The mask is task-agnostic (store.py): built once per model from |θ| and shared by every
 task, so a task stores only its k values, in mask order, plus its head: no indices. The
 ablations `largest` and `random` use the same machinery. `fisher` is the FISH baseline (Sung
 et al., 2021): a task-specific mask from squared gradients on N training examples; it must
@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, SharedResource, default_decays
-from peft_cli.methods.pafi.store import MaskBuild, build_for_config, digest, ensure_mask, in_model_order, mask_path, spec_of, variant
+from peft_cli.methods.pafi.store import (
+    MaskBuild,
+    build_for_config,
+    digest,
+    ensure_mask,
+    in_model_order,
+    mask_path,
+    spec_of,
+    variant,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -76,8 +85,12 @@ class PaFi(Method):
             return None  # task-specific: built inside each run
         path = mask_path(Path(cfg.results.dir), cfg.model.name, cfg.mask)
         key = json.dumps([asdict(cfg.model), asdict(cfg.mask), str(path)], sort_keys=True, default=str)
-        return SharedResource(key, path, f"shared mask for {cfg.model.name} ({cfg.mask.strategy}, density "
-                              f"{cfg.mask.density:g})", lambda: build_for_config(cfg).path)
+        return SharedResource(
+            key,
+            path,
+            f"shared mask for {cfg.model.name} ({cfg.mask.strategy}, density {cfg.mask.density:g})",
+            lambda: build_for_config(cfg).path,
+        )
 
     @classmethod
     def build_mask(cls, cfg: "RunConfig") -> MaskBuild:
@@ -97,7 +110,9 @@ class PaFi(Method):
         return default_decays(name.replace("__", "."))
 
     def _shared_mask(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
-        return ensure_mask(model, self.ctx.model_name, self.ctx.mask, self.ctx.results_dir, self.ctx.fingerprint).indices
+        return ensure_mask(
+            model, self.ctx.model_name, self.ctx.mask, self.ctx.results_dir, self.ctx.fingerprint
+        ).indices
 
     def _fisher_mask(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
         """FISH: the top k of summed squared per-example gradients (fisher.py)."""
@@ -133,13 +148,16 @@ class PaFi(Method):
         if VALUES not in tensors:
             raise UserError(f"artifact has no '{VALUES}' tensor: not a PaFi artifact")
         if self.ctx.mask.strategy == "fisher":
-            indices = in_model_order(model, {k.removeprefix(INDICES): v for k, v in tensors.items()
-                                             if k.startswith(INDICES)})
+            indices = in_model_order(
+                model, {k.removeprefix(INDICES): v for k, v in tensors.items() if k.startswith(INDICES)}
+            )
         else:
             indices = self._shared_mask(model)
         expected = getattr(self, "_expected_digest", None)
         if expected is not None and digest(indices) != expected:
-            raise UserError("the shared mask found now differs from the one this artifact was trained with "
-                            "(mask_digest mismatch); point mask.path at the original mask file")
+            raise UserError(
+                "the shared mask found now differs from the one this artifact was trained with "
+                "(mask_digest mismatch); point mask.path at the original mask file"
+            )
         apply_values(model, indices, tensors[VALUES])
         return model

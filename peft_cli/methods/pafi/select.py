@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor
@@ -226,7 +226,7 @@ def _select_k(keys: _Keys, names: list[str], k: int) -> dict[str, Tensor]:
         win = torch.zeros(nb, dtype=torch.bool, device=dev)
         win[torch.sort(ckey, stable=True).indices[:need]] = True  # stable: ties keep (tensor, index) order
         res = {}
-        for j, ((p0, p1), (q0, q1)) in enumerate(zip(spans, cspans)):
+        for j, ((p0, p1), (q0, q1)) in enumerate(zip(spans, cspans, strict=True)):
             sel = torch.cat([buf[p0:p1], cidx[q0:q1][win[q0:q1]]])
             if sel.numel():
                 res[names[j]] = torch.sort(sel).values
@@ -358,7 +358,12 @@ def save_mask(path: Path, indices: dict[str, Tensor], meta: dict) -> None:
     write_text(_json_path(path), text)
 
 
-def load_mask(path: Path) -> tuple[dict[str, Tensor], dict]:
+class LoadedMask(NamedTuple):
+    indices: dict[str, Tensor]  # parameter name -> sorted int32 flat indices
+    meta: dict  # the sidecar json
+
+
+def load_mask(path: Path) -> LoadedMask:
     """Read a mask written by `save_mask` and check it: k, dtype, sortedness, range (if shapes known)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -367,7 +372,9 @@ def load_mask(path: Path) -> tuple[dict[str, Tensor], dict]:
     if not path.is_file():
         raise UserError(f"mask file {path} not found: build the mask first or fix mask.path")
     if not jpath.is_file():
-        raise UserError(f"mask {path} is incomplete ({jpath.name} missing, build interrupted?): delete {path} and rebuild")
+        raise UserError(
+            f"mask {path} is incomplete ({jpath.name} missing, build interrupted?): delete {path} and rebuild"
+        )
     try:
         meta = json.loads(jpath.read_text())
         indices = load_file(path)
@@ -392,7 +399,7 @@ def load_mask(path: Path) -> tuple[dict[str, Tensor], dict]:
     k = sum(int(v.numel()) for v in indices.values())
     if k != meta["k"]:
         raise bad(f"{k} indices but json says k={meta['k']}")
-    return indices, meta
+    return LoadedMask(indices, meta)
 
 
 def verify(meta: dict, fingerprint: str, path: Path) -> None:

@@ -369,7 +369,9 @@ def attach(model: nn.Module, indices: dict[str, Tensor]) -> SparseValues:
         st = states.setdefault(id(m), _ModuleState(sv))
         if type(m) is nn.Embedding and a == "weight":
             if m.max_norm is not None or m.sparse or m.scale_grad_by_freq:
-                raise UserError(f"mask entry {name!r}: Embedding with max_norm/sparse/scale_grad_by_freq is not supported")
+                raise UserError(
+                    f"mask entry {name!r}: Embedding with max_norm/sparse/scale_grad_by_freq is not supported"
+                )
             st.weight_slot = i
         elif type(m) is nn.Linear and a == "weight":
             st.weight_slot = i

@@ -35,8 +35,14 @@ class MaskBuild(NamedTuple):
 
 def spec_of(mask: MaskConfig) -> MaskSpec:
     """The selection spec of the top-level `mask.*` config."""
-    return MaskSpec(strategy=mask.strategy, density=mask.density, scope=mask.scope,
-                    include=tuple(mask.include), exclude=tuple(mask.exclude), seed=mask.seed)
+    return MaskSpec(
+        strategy=mask.strategy,
+        density=mask.density,
+        scope=mask.scope,
+        include=tuple(mask.include),
+        exclude=tuple(mask.exclude),
+        seed=mask.seed,
+    )
 
 
 def mask_path(results_dir: Path, model_name: str, mask: MaskConfig) -> Path:
@@ -73,13 +79,15 @@ def digest(indices: dict[str, "torch.Tensor"]) -> str:
     return h.hexdigest()
 
 
-def ensure_mask(model: "nn.Module", model_name: str, mask: MaskConfig, results_dir: Path,
-                model_fingerprint: str) -> MaskBuild:
+def ensure_mask(
+    model: "nn.Module", model_name: str, mask: MaskConfig, results_dir: Path, model_fingerprint: str
+) -> MaskBuild:
     """The shared mask of `model` for `mask`: the file under `results_dir` (or `mask.path`) when it
     exists, checked against this backbone and spec; else selected now and saved. Never rebuilds."""
     if mask.strategy == "fisher":
-        raise UserError("mask.strategy=fisher is task-specific: it is built inside `peftx train method=pafi`, "
-                        "not by `peftx mask`")
+        raise UserError(
+            "mask.strategy=fisher is task-specific: it is built inside `peftx train method=pafi`, not by `peftx mask`"
+        )
     path = mask_path(results_dir, model_name, mask)
     if path.is_file():
         indices, meta = load_mask(path)
@@ -109,8 +117,10 @@ def _check_spec(meta: dict, mask: MaskConfig, path: Path) -> None:
     keys = ["strategy", "density", "scope", "include", "exclude"] + (["seed"] if mask.strategy == "random" else [])
     for key in keys:
         if meta.get(key) != getattr(mask, key):
-            raise UserError(f"mask {path} has {key}={meta.get(key)!r} but the config says mask.{key}="
-                            f"{getattr(mask, key)!r}; set mask.{key} to match or use another mask file")
+            raise UserError(
+                f"mask {path} has {key}={meta.get(key)!r} but the config says mask.{key}="
+                f"{getattr(mask, key)!r}; set mask.{key} to match or use another mask file"
+            )
 
 
 def build_for_config(cfg: RunConfig) -> MaskBuild:

@@ -10,7 +10,7 @@ from typing import Any
 
 from peft_cli.core.config import from_dict
 from peft_cli.core.errors import UserError
-from peft_cli.sweep.launchers.base import Launcher, Launched, Outcome
+from peft_cli.sweep.launchers.base import Launched, Launcher, Outcome
 
 # name -> "module:Class", imported only when used
 REGISTRY: dict[str, str] = {
@@ -23,8 +23,10 @@ def make_launcher(raw: dict[str, Any], results_dir: str, sweep: str) -> Launcher
     """The launcher the composed `launcher:` node names, its settings validated."""
     name = raw.get("name")
     if name not in REGISTRY:
-        raise UserError(f"config key 'launcher.name' is {name!r}; choose one of: {', '.join(REGISTRY)} "
-                        "(launcher=NAME picks conf/launcher/NAME.yaml)")
+        raise UserError(
+            f"config key 'launcher.name' is {name!r}; choose one of: {', '.join(REGISTRY)} "
+            "(launcher=NAME picks conf/launcher/NAME.yaml)"
+        )
     module, cls_name = REGISTRY[name].split(":")
     cls = getattr(importlib.import_module(module), cls_name)
     settings = from_dict(cls.settings_cls, raw, "launcher")

@@ -1,10 +1,10 @@
 """The launcher protocol: what `peftx sweep` asks of every launcher.
 
-    launcher = make_launcher(raw, results_dir, sweep)   # settings from conf/launcher/NAME.yaml
-    launcher.status(runs)   -> {run folder: note}       runs this launcher already has in flight
-                                                          (queued or running elsewhere): not started again
-    launcher.plan(todo)     -> [line, ...]              --dry-run: what launch() would do
-    launcher.launch(todo, skipped, console) -> Launched  run or submit the pending runs
+launcher = make_launcher(raw, results_dir, sweep)   # settings from conf/launcher/NAME.yaml
+launcher.status(runs)   -> {run folder: note}       runs this launcher already has in flight
+                                                      (queued or running elsewhere): not started again
+launcher.plan(todo)     -> [line, ...]              --dry-run: what launch() would do
+launcher.launch(todo, skipped, console) -> Launched  run or submit the pending runs
 """
 
 from __future__ import annotations

@@ -91,8 +91,9 @@ def start(run: "Run", env: dict[str, str]) -> subprocess.Popen:
     with open(run.folder / "train.log", "ab") as log:
         log.write(f"$ peftx train {' '.join(run.overrides)}\n".encode())
         log.flush()
-        return subprocess.Popen(train_command(run), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            train_command(run), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
 
 def outcome_of(run: "Run", rc: int, seconds: float, stopping: bool = False) -> Outcome:
@@ -111,7 +112,9 @@ def outcome_of(run: "Run", rc: int, seconds: float, stopping: bool = False) -> O
         return Outcome(run, "failed", seconds, r["error"])
     if rc < 0:
         hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
-        return Outcome(run, "failed", seconds, f"killed by {signal.Signals(-rc).name}{hint}; see {run.folder}/train.log")
+        return Outcome(
+            run, "failed", seconds, f"killed by {signal.Signals(-rc).name}{hint}; see {run.folder}/train.log"
+        )
     return Outcome(run, "failed", seconds, f"exit {rc}: {_last_line(run.folder / 'train.log')}")
 
 

@@ -21,7 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from peft_cli.core.compose import conf_dir
 from peft_cli.core.errors import UserError
@@ -56,8 +56,9 @@ class SlurmSettings:
 
     def __post_init__(self) -> None:
         if self.array_parallelism < 0 or self.cpus_per_task < 1:
-            raise UserError("config keys 'launcher.array_parallelism' (>= 0) and 'launcher.cpus_per_task' (>= 1) "
-                            "are out of range")
+            raise UserError(
+                "config keys 'launcher.array_parallelism' (>= 0) and 'launcher.cpus_per_task' (>= 1) are out of range"
+            )
 
 
 class SlurmLauncher:
@@ -86,8 +87,10 @@ class SlurmLauncher:
         job, cmd = submit(self.sweep, todo, self.results_dir, self.s)
         logs = slurm_dir(self.results_dir, self.sweep)
         console.print(f"submitted job array {job} ({len(todo)} tasks): {' '.join(cmd)}")
-        console.print(f"logs: {logs}/{job}_<task>.out|err   watch: squeue -j {job}   afterwards: peftx sweep "
-                      f"sweep={self.sweep} --dry-run")
+        console.print(
+            f"logs: {logs}/{job}_<task>.out|err   watch: squeue -j {job}   afterwards: peftx sweep "
+            f"sweep={self.sweep} --dry-run"
+        )
         print(job)  # stdout: the job id alone, for scripts
         return Launched(None)
 
@@ -95,8 +98,10 @@ class SlurmLauncher:
 def script_path(s: SlurmSettings) -> Path:
     path = Path(s.script).expanduser() if s.script else conf_dir().parent / "scripts" / "slurm" / "sweep.sbatch"
     if not path.is_file():
-        raise UserError(f"launcher.script: {path} not found; set launcher.script=/path/to/sweep.sbatch "
-                        f"(it is scripts/slurm/sweep.sbatch in the peftx repository)")
+        raise UserError(
+            f"launcher.script: {path} not found; set launcher.script=/path/to/sweep.sbatch "
+            f"(it is scripts/slurm/sweep.sbatch in the peftx repository)"
+        )
     return path.resolve()
 
 
@@ -106,12 +111,27 @@ def manifest_line(run: "Run", s: SlurmSettings) -> str:
 
 def sbatch_command(s: SlurmSettings, sweep: str, n: int, manifest: Path, setup: Path | None, logs: Path) -> list[str]:
     array = f"0-{n - 1}" + (f"%{s.array_parallelism}" if s.array_parallelism else "")
-    cmd = [s.sbatch, "--parsable", f"--job-name={s.job_name or f'peftx-{sweep}'}", f"--array={array}",
-           f"--output={logs}/%A_%a.out", f"--error={logs}/%A_%a.err", "--open-mode=append",
-           f"--chdir={Path.cwd()}", f"--cpus-per-task={s.cpus_per_task}", f"--time={s.time}",
-           "--requeue" if s.requeue else "--no-requeue"]
-    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos), ("gres", s.gres),
-                        ("mem", s.mem), ("signal", s.signal)):
+    cmd = [
+        s.sbatch,
+        "--parsable",
+        f"--job-name={s.job_name or f'peftx-{sweep}'}",
+        f"--array={array}",
+        f"--output={logs}/%A_%a.out",
+        f"--error={logs}/%A_%a.err",
+        "--open-mode=append",
+        f"--chdir={Path.cwd()}",
+        f"--cpus-per-task={s.cpus_per_task}",
+        f"--time={s.time}",
+        "--requeue" if s.requeue else "--no-requeue",
+    ]
+    for flag, value in (
+        ("partition", s.partition),
+        ("account", s.account),
+        ("qos", s.qos),
+        ("gres", s.gres),
+        ("mem", s.mem),
+        ("signal", s.signal),
+    ):
         if value not in (None, ""):
             cmd.append(f"--{flag}={value}")
     cmd += [e.removeprefix("#SBATCH").strip() for e in s.extra_sbatch]
@@ -135,8 +155,13 @@ def queued(results_dir: str | Path, sweep: str, s: SlurmSettings) -> dict[Path, 
         return {}
     squeue = s.sbatch.removesuffix("sbatch") + "squeue"  # beside sbatch when that is a full path
     try:
-        out = subprocess.run([squeue, "-h", "-r", "-u", getpass.getuser(), "-o", "%F %K"], capture_output=True,
-                             text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            [squeue, "-h", "-r", "-u", getpass.getuser(), "-o", "%F %K"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise UserError(f"cannot list your queued jobs with squeue ({e}); is SLURM reachable from here?") from None
     live = {tuple(line.split()) for line in out.splitlines() if len(line.split()) == 2}
@@ -148,10 +173,16 @@ def queued(results_dir: str | Path, sweep: str, s: SlurmSettings) -> dict[Path, 
     return found
 
 
-def submit(sweep: str, runs: list["Run"], results_dir: str | Path, s: SlurmSettings,
-           dry_run: bool = False) -> tuple[str | None, list[str]]:
-    """Write the manifest and submit the array -> (job id, sbatch command). Dry run: submit nothing,
-    write nothing, return (None, the command that would run)."""
+class Submission(NamedTuple):
+    job_id: str | None  # the array's job id (None: a dry run)
+    command: list[str]  # the sbatch command line
+
+
+def submit(
+    sweep: str, runs: list["Run"], results_dir: str | Path, s: SlurmSettings, dry_run: bool = False
+) -> "Submission":
+    """Write the manifest and submit the array. Dry run: submit nothing, write nothing, return
+    the command that would run (job_id None)."""
     logs = slurm_dir(results_dir, sweep)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     manifest = logs / f"manifest-{stamp}.txt"
@@ -159,21 +190,30 @@ def submit(sweep: str, runs: list["Run"], results_dir: str | Path, s: SlurmSetti
     cmd = sbatch_command(s, sweep, len(runs), manifest, setup, logs)
     cmd.insert(-1 - bool(setup), str(script_path(s)))
     if dry_run:
-        return None, cmd
+        return Submission(None, cmd)
     write_text(manifest, "".join(manifest_line(r, s) + "\n" for r in runs))
     if setup:
-        write_text(setup, "# sourced by sweep.sbatch before its manifest line (launcher.setup)\n"
-                           + "".join(line + "\n" for line in s.setup))
+        write_text(
+            setup,
+            "# sourced by sweep.sbatch before its manifest line (launcher.setup)\n"
+            + "".join(line + "\n" for line in s.setup),
+        )
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise UserError(f"launcher=slurm: '{s.sbatch}' not found; submit from a SLURM login node "
-                        f"(or set launcher.sbatch=/path/to/sbatch)") from None
+        raise UserError(
+            f"launcher=slurm: '{s.sbatch}' not found; submit from a SLURM login node "
+            f"(or set launcher.sbatch=/path/to/sbatch)"
+        ) from None
     if proc.returncode != 0:
         reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise UserError(f"sbatch refused the array ({reason[-1] if reason else f'exit {proc.returncode}'}); "
-                        f"check partition/account/qos/gres/time in conf/launcher/slurm.yaml")
+        raise UserError(
+            f"sbatch refused the array ({reason[-1] if reason else f'exit {proc.returncode}'}); "
+            f"check partition/account/qos/gres/time in conf/launcher/slurm.yaml"
+        )
     job_id = proc.stdout.strip().split(";")[0]
-    write_json(manifest.with_suffix(".json"), {"job_id": job_id, "sweep": sweep, "submitted": stamp,
-                                                       "command": cmd, "runs": [str(r.folder) for r in runs]})
-    return job_id, cmd
+    write_json(
+        manifest.with_suffix(".json"),
+        {"job_id": job_id, "sweep": sweep, "submitted": stamp, "command": cmd, "runs": [str(r.folder) for r in runs]},
+    )
+    return Submission(job_id, cmd)

@@ -77,8 +77,9 @@ class SweepView:
             self.failed += 1
         colour = {"completed": "green", "failed": "red"}.get(status, "yellow")
         n = self.done + self.failed
-        self.console.print(f"[{n}/{self.total}] [{colour}]{status:9}[/] {run.label}  {detail}  ({_clock(seconds)})",
-                           highlight=False)
+        self.console.print(
+            f"[{n}/{self.total}] [{colour}]{status:9}[/] {run.label}  {detail}  ({_clock(seconds)})", highlight=False
+        )
         return seconds
 
     @property
@@ -96,9 +97,11 @@ class SweepView:
 
     def summary_line(self) -> str:
         eta = self.eta()
-        return (f"done {self.done} · running {len(self.running)} · failed {self.failed} · skipped {self.skipped} · "
-                f"left {self.left} · elapsed {_clock(time.time() - self.started)} · "
-                f"ETA {_clock(eta) if eta is not None else '?'}")
+        return (
+            f"done {self.done} · running {len(self.running)} · failed {self.failed} · skipped {self.skipped} · "
+            f"left {self.left} · elapsed {_clock(time.time() - self.started)} · "
+            f"ETA {_clock(eta) if eta is not None else '?'}"
+        )
 
     def __rich__(self) -> "RenderableType":
         from rich.console import Group
@@ -106,9 +109,12 @@ class SweepView:
         from rich.table import Table
 
         head = Table.grid(padding=(0, 1))
-        head.add_row(f"[bold]sweep {self.name}[/]", ProgressBar(total=max(1, self.total),
-                     completed=self.done + self.failed, width=30), f"{self.done + self.failed}/{self.total}",
-                     self.summary_line())
+        head.add_row(
+            f"[bold]sweep {self.name}[/]",
+            ProgressBar(total=max(1, self.total), completed=self.done + self.failed, width=30),
+            f"{self.done + self.failed}/{self.total}",
+            self.summary_line(),
+        )
         rows = Table.grid(padding=(0, 2))
         now = time.time()
         for run, t0 in self.running.values():
