@@ -44,6 +44,7 @@ def model_location(cfg: ModelConfig) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer (hub id, local folder, or `package:NAME`); UserError if it cannot load."""
     from transformers import AutoTokenizer
 
     where = cfg.tokenizer or model_location(cfg)
@@ -110,14 +111,17 @@ def _first_line(e: Exception) -> str:
 
 
 def is_head(model: "nn.Module", name: str) -> bool:
+    """Whether parameter `name` belongs to the task head (outside `base_model_prefix`)."""
     return not name.startswith(model.base_model_prefix + ".")
 
 
 def head_parameters(model: "nn.Module") -> dict[str, "nn.Parameter"]:
+    """name -> parameter of the task head."""
     return {n: p for n, p in model.named_parameters() if is_head(model, n)}
 
 
 def backbone_parameters(model: "nn.Module") -> dict[str, "nn.Parameter"]:
+    """name -> parameter of the pre-trained backbone (everything but the head)."""
     return {n: p for n, p in model.named_parameters() if not is_head(model, n)}
 
 

@@ -24,6 +24,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(cfg: TrainConfig) -> "torch.device":
+    """The torch device `train.device` names (auto: CUDA when visible, else CPU); UserError if unusable."""
     import torch
 
     if cfg.device == "auto":
@@ -46,6 +47,7 @@ def use_bf16(cfg: TrainConfig, device: "torch.device") -> bool:
 
 
 def autocast(device: "torch.device", bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on `device` when `bf16`, else a no-op context."""
     import torch
 
     if not bf16:
@@ -54,6 +56,7 @@ def autocast(device: "torch.device", bf16: bool) -> contextlib.AbstractContextMa
 
 
 def device_name(device: "torch.device") -> str:
+    """A readable device name for result.json (GPU model, or CPU and thread count)."""
     import platform
 
     import torch

@@ -137,6 +137,7 @@ def read_task(task: TaskConfig, data: DataConfig) -> TaskData:
 
 
 def split(task: TaskConfig, data: DataConfig, train: list[Example], devs: list[list[Example]]) -> Splits:
+    """Train / validation / test(s) under `data.protocol`, seeded by `data.split_seed` (module docstring)."""
     rng = random.Random(data.split_seed)
     if data.protocol == "dev":
         splits = Splits(train, devs[0], devs)

@@ -60,6 +60,8 @@ class MethodContext:
 
 
 class Method(ABC):
+    """A fine-tuning method (module docstring: life cycle and what the harness owns)."""
+
     name: ClassVar[str]
     config_cls: ClassVar[type]  # dataclass of the keys in conf/method/<name>.yaml (besides `name`)
     mergeable: ClassVar[bool] = True  # False: `peftx export` exits 2 with `merge`'s reason

@@ -103,6 +103,7 @@ def width(cfg: HiWiConfig, model: "nn.Module", targets: dict[str, tuple["nn.Modu
 
 
 def slug(patterns: list[str]) -> str:
+    """A folder-safe short form of regexes, for tags."""
     return "-".join(re.sub(r"[^A-Za-z0-9]+", "", p) for p in patterns)
 
 

@@ -76,6 +76,7 @@ def report_config(cfg: dict[str, Any]) -> ReportConfig:
 
 
 def load_task(name: str) -> TaskConfig:
+    """conf/task/NAME.yaml as a TaskConfig (UserError if a result names an unknown task)."""
     import yaml
 
     path = conf_dir() / "task" / f"{name}.yaml"
@@ -135,6 +136,7 @@ METRIC_LABELS = {
 
 
 def columns_for(tasks: list[TaskConfig]) -> list[Column]:
+    """The table's columns: one per (task, reported metric), labelled as in papers."""
     out = []
     for t in tasks:
         for m in t.report:
@@ -144,6 +146,7 @@ def columns_for(tasks: list[TaskConfig]) -> list[Column]:
 
 
 def order_tasks(names: set[str]) -> list[str]:
+    """Task names in GLUE's order; unknown tasks last, alphabetically."""
     return sorted(names, key=lambda n: (GLUE_ORDER.index(n) if n in GLUE_ORDER else len(GLUE_ORDER), n))
 
 
@@ -223,6 +226,7 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
 
 
 def reference_rows(refs: list[Reference], tasks: list[TaskConfig]) -> list[Row]:
+    """Published rows from reference files, one Row per row of each source."""
     rows = []
     for i, ref in enumerate(refs):
         for rr in ref.rows:

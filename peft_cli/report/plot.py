@@ -20,6 +20,7 @@ LABEL_GAP = 8.5  # points between the centres of stacked labels (fontsize 7)
 
 
 def plotted(rows: list[Row]) -> list[Row]:
+    """Rows that have a point: an Avg and a positive stored fraction."""
     return [r for r in rows if r.avg is not None and r.stored_pct is not None and r.stored_pct > 0]
 
 
@@ -31,6 +32,7 @@ def areas(rows: list[Row]) -> list[float]:
 
 
 def figure(table: Table):
+    """The Avg-vs-stored figure of `table` (a matplotlib Figure on the Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -40,6 +40,7 @@ def reference_path(name: str) -> Path:
 
 
 def load_reference(name: str) -> Reference:
+    """One reference file by name (conf/reference/NAME.yaml) or path, validated."""
     import yaml
 
     path = reference_path(name)
@@ -60,4 +61,5 @@ def load_reference(name: str) -> Reference:
 
 
 def load_references(names: list[str]) -> list[Reference]:
+    """Every reference file named in `report.references`."""
     return [load_reference(n) for n in names]

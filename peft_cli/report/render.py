@@ -45,10 +45,12 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def header(table: Table) -> list[str]:
+    """The table's header cells."""
     return ["Method", *(c.label for c in table.columns), "Avg", "% trainable", "% stored", "Size/task"]
 
 
 def cells(table: Table, row: Row) -> list[str]:
+    """One row's cells as text (medians, † marks, Avg, fractions, size)."""
     out = [row.label + (f" [{row.note}]" if row.note else "")]
     for c in table.columns:
         cell = row.cells.get((c.task, c.metric))
@@ -68,6 +70,7 @@ def grid(table: Table) -> list[list[str] | None]:
 
 
 def caption(table: Table) -> str:
+    """The table's caption: experiment, statistic, models, split protocol."""
     if not table.models:
         models = "no measured runs"
     else:
@@ -83,6 +86,7 @@ def caption(table: Table) -> str:
 
 
 def notes(table: Table) -> list[str]:
+    """The table's footnotes: definitions, fewer-seed marks, skipped runs, sources."""
     headlines = ", ".join(
         c.label for t in table.tasks for c in table.columns if c.task == t.name and c.metric == t.headline
     )
@@ -124,6 +128,7 @@ def notes(table: Table) -> list[str]:
 
 
 def to_markdown(table: Table) -> str:
+    """The table as Markdown (caption, table, notes)."""
     head = header(table)
     lines = [
         f"**{caption(table)}**",
@@ -186,10 +191,12 @@ _TEX = {
 
 
 def tex_escape(s: str) -> str:
+    """LaTeX-escape a cell."""
     return re.sub("|".join(map(re.escape, _TEX)), lambda m: _TEX[m.group(0)], s)
 
 
 def to_latex(table: Table) -> str:
+    """The table as a booktabs LaTeX table."""
     head = header(table)
     row = lambda cs: " & ".join(tex_escape(c) for c in cs) + r" \\"  # noqa: E731
     lines = [
@@ -220,6 +227,7 @@ def to_latex(table: Table) -> str:
 
 
 def print_table(table: Table) -> None:
+    """The table on the console (rich)."""
     from rich import box
     from rich.console import Console
     from rich.markup import escape

@@ -169,6 +169,7 @@ def saved_step(run: Path, config_hash: str) -> int | None:
 
 
 def clear(run: Path) -> None:
+    """Delete a run's checkpoint (state.json first, so half a checkpoint is never read)."""
     d = _dir(run)
     (d / "state.json").unlink(missing_ok=True)  # first: tensors without it are never read
     for path in [*d.glob("state*.safetensors"), *d.glob(".state*.tmp")]:  # .tmp: a write cut by a kill

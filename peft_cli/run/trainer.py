@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 
 class Trainer:
+    """The training loop of one run and the state it owns (module docstring)."""
+
     def __init__(self, cfg: RunConfig, a: "Assembled", device: "torch.device", folder: Path, log: RunLog) -> None:
         self.cfg, self.a, self.device, self.folder, self.log = cfg, a, device, folder, log
         self.bf16 = use_bf16(cfg.train, device)

@@ -46,6 +46,7 @@ def spec_of(mask: MaskConfig) -> MaskSpec:
 
 
 def mask_path(results_dir: Path, model_name: str, mask: MaskConfig) -> Path:
+    """Where the shared mask of (model, mask config) lives: `mask.path`, or a file under results_dir/masks."""
     if mask.path:
         return Path(mask.path).expanduser()
     name = mask_filename(spec_of(mask))

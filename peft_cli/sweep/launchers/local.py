@@ -87,6 +87,7 @@ def worker_env(slot: int, workers: int, base: dict[str, str]) -> dict[str, str]:
 
 
 def start(run: "Run", env: dict[str, str]) -> subprocess.Popen:
+    """Start `peftx train` for `run` as a child process; its output goes to the run's train.log."""
     run.folder.mkdir(parents=True, exist_ok=True)
     with open(run.folder / "train.log", "ab") as log:
         log.write(f"$ peftx train {' '.join(run.overrides)}\n".encode())

@@ -96,6 +96,7 @@ class SlurmLauncher:
 
 
 def script_path(s: SlurmSettings) -> Path:
+    """The sbatch script to submit (launcher.script, or the one shipped with peftx)."""
     path = Path(s.script).expanduser() if s.script else conf_dir().parent / "scripts" / "slurm" / "sweep.sbatch"
     if not path.is_file():
         raise UserError(
@@ -106,10 +107,12 @@ def script_path(s: SlurmSettings) -> Path:
 
 
 def manifest_line(run: "Run", s: SlurmSettings) -> str:
+    """One run's line in the manifest: a `peftx train` command."""
     return f"{s.peftx} train {shlex.join([*run.overrides, 'train.progress=false'])}"
 
 
 def sbatch_command(s: SlurmSettings, sweep: str, n: int, manifest: Path, setup: Path | None, logs: Path) -> list[str]:
+    """The sbatch command line for an array of `n` runs (every option from launcher.*)."""
     array = f"0-{n - 1}" + (f"%{s.array_parallelism}" if s.array_parallelism else "")
     cmd = [
         s.sbatch,
@@ -139,6 +142,7 @@ def sbatch_command(s: SlurmSettings, sweep: str, n: int, manifest: Path, setup: 
 
 
 def slurm_dir(results_dir: str | Path, sweep: str) -> Path:
+    """Where a sweep's manifests and logs go."""
     return Path(results_dir) / "slurm" / sweep
 
 
