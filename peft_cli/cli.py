@@ -43,7 +43,9 @@ def command(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from peft_cli.core.errors import Interrupted, UserError
+        import signal
+
+        from peft_cli.core.errors import Busy, Interrupted, UserError
 
         try:
             return fn(*args, **kwargs)
@@ -52,12 +54,15 @@ def command(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
         except typer.Exit:
             raise
+        except Busy as e:
+            _err(str(e))
+            raise typer.Exit(3) from None
         except KeyboardInterrupt:
             _err("interrupted")
-            raise typer.Exit(1) from None
+            raise typer.Exit(130) from None
         except Interrupted as e:
             _err(f"run cancelled: {e}")
-            raise typer.Exit(1) from None
+            raise typer.Exit(130 if e.signum == signal.SIGINT else 1) from None
         except Exception as e:  # a run failed while training/evaluating
             if _state["debug"]:
                 raise
@@ -75,10 +80,14 @@ def _compose(overrides: Optional[List[str]]):
 
 @app.command()
 @command
-def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
+def train(
+    overrides: Optional[List[str]] = OVERRIDES,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a completed run in the run's folder."),
+) -> None:
     """One run: ${model} x ${task} x ${method} x ${seed} -> results/runs/..."""
     from peft_cli.core.signals import ignore_stop_signals
-    from peft_cli.run.identity import run_folder
+    from peft_cli.run.identity import config_hash, run_folder
+    from peft_cli.run.record import is_completed
     from peft_cli.run.train import train_run
 
     cfg = _compose(overrides)
@@ -87,7 +96,10 @@ def train(overrides: Optional[List[str]] = OVERRIDES) -> None:
     # would requeue, and retrain, a finished run. Around train_run (whose own handlers checkpoint)
     # this process ignores both; it is about to exit anyway.
     ignore_stop_signals()
-    r = train_run(cfg)
+    done = not overwrite and is_completed(run_folder(cfg), config_hash(cfg))
+    r = train_run(cfg, overwrite=overwrite)
+    if done:
+        _err(f"{run_folder(cfg)} is already completed with this config: not trained again (--overwrite to retrain)")
     test = ", ".join(f"{k}={100 * v:.2f}" for k, v in r["metrics"]["test"].items())
     print(
         f"{cfg.task.name} {r['method_tag']} seed {cfg.seed}: score {r['score']:.2f} ({test}); "
@@ -138,20 +150,22 @@ def mask(overrides: Optional[List[str]] = OVERRIDES) -> None:
 
 def _print_mask(meta: dict, path: Path, built: bool) -> None:
     """The mask's breakdown of k by module type, as its sidecar json records it."""
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from peft_cli.core.console import console
+
     k = meta["k"]
-    table = Table(
-        title=f"{'built' if built else 'reused'} {path}  (k={k:,} of {meta['candidates']:,} candidates, "
-        f"{meta['strategy']}, {meta['scope']})"
-    )
+    out = console()
+    out.print(escape(f"{'built' if built else 'reused'} {path}"))  # a line of its own: never folded
+    out.print(f"k={k:,} of {meta['candidates']:,} candidates, {meta['strategy']}, {meta['scope']}")
+    table = Table()
     table.add_column("module type")
     table.add_column("k", justify="right")
     table.add_column("share of k", justify="right")
     for kind, n in meta["breakdown"].items():
         table.add_row(kind, f"{n:,}", f"{100 * n / max(k, 1):.1f}%")
-    Console().print(table)
+    out.print(table)
 
 
 @app.command()
@@ -160,12 +174,31 @@ def sweep(
     overrides: Optional[List[str]] = OVERRIDES,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace completed runs of another config found in this grid's folders."
+    ),
 ) -> None:
     """Run the grid of sweep=NAME locally or on SLURM; idempotent (completed runs are skipped)."""
     from peft_cli.sweep.runner import run_sweep
 
-    failed = run_sweep(list(overrides or []), dry_run=dry_run, retry_failed=retry_failed)
+    failed = run_sweep(list(overrides or []), dry_run=dry_run, retry_failed=retry_failed, overwrite=overwrite)
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
+def submit(
+    name: str = typer.Argument(..., help="a sweep in conf/sweep/, e.g. paper_base"),
+    overrides: Optional[List[str]] = OVERRIDES,
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and the sbatch command, submit nothing."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed runs again."),
+) -> None:
+    """Submit sweep NAME to SLURM as one job array (= peftx sweep sweep=NAME launcher=slurm ...)."""
+    from peft_cli.sweep.runner import run_sweep
+
+    args = [f"sweep={name}", "launcher=slurm", *(overrides or [])]
+    if run_sweep(args, dry_run=dry_run, retry_failed=retry_failed):
         raise typer.Exit(1)
 
 

@@ -82,6 +82,22 @@ def load_model(cfg: ModelConfig, task: TaskConfig) -> "nn.Module":
         hf_logging.set_verbosity(verbosity)
 
 
+def check_model(cfg: ModelConfig) -> None:
+    """UserError unless the model's tokenizer and config load here (offline: from a local folder or
+    the cache): what every run of it will need, checked before a sweep starts anything."""
+    load_tokenizer(cfg)
+    if cfg.source == "random":
+        return
+    from transformers import AutoConfig
+
+    where = model_location(cfg)
+    try:
+        AutoConfig.from_pretrained(where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        hint = " (offline? set model.id=/path/to/local/folder and HF_HUB_OFFLINE=1)" if cfg.source == "hub" else ""
+        raise UserError(f"cannot load model '{cfg.name}' from {where}: {_first_line(e)}{hint}") from None
+
+
 def _random_model(cfg: ModelConfig, kwargs: dict[str, Any]) -> "nn.Module":
     import torch
     from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification

@@ -75,15 +75,14 @@ def shared_glue() -> Path:
 
 
 def tiny_overrides(glue: Path, results: Path, **extra: object) -> list[str]:
-    """Overrides for a fast run of the tiny random BERT on a tiny GLUE folder."""
+    """Overrides for a fast run of the tiny random BERT on a tiny GLUE folder: experiment=smoke
+    (2 epochs of batch 8, length 32), so runs land in runs/smoke/<model>/<method tag>/..."""
     base = {
+        "experiment": "smoke",
         "model": "tiny-random",
         "task": "rte",
         "data.glue_dir": str(glue),
         "results.dir": str(results),
-        "train.epochs": 2,
-        "train.batch_size": 8,
-        "train.max_length": 32,
         "train.progress": False,
     }
     base.update(extra)

@@ -59,7 +59,7 @@ def run_logits(run: Path) -> torch.Tensor:
 def train_and_export(cli, glue: Path, results: Path, model: str, method: str, task: str = "rte") -> tuple[Path, Path]:
     r = cli("train", *tiny_overrides(glue, results, model=model, method=method, task=task, **{"train.epochs": 1}))
     assert r.exit_code == 0, r.output
-    run = next((results / "runs/default" / model).glob(f"*/{task}/seed42"))
+    run = next((results / "runs/smoke" / model).glob(f"*/{task}/seed42"))
     out = results / "exports" / f"{model}-{method}-{task}"
     e = cli("export", str(run), str(out))
     assert e.exit_code == 0, e.output

@@ -92,7 +92,7 @@ def test_adapter_sites_width_and_no_merge(method, per_layer):
 def test_lora_train_then_eval_round_trip(cli, tiny_glue, tmp_path):
     r = cli("train", *tiny_overrides(tiny_glue, tmp_path, method="lora", model="tiny-random-roberta"))
     assert r.exit_code == 0, r.output
-    run = tmp_path / "runs/default/tiny-random-roberta/lora-r8/rte/seed42"
+    run = tmp_path / "runs/smoke/tiny-random-roberta/lora-r8/rte/seed42"
     result = json.loads((run / "result.json").read_text())
     cfg = compose(["model=tiny-random-roberta"])
     backbone = sum(p.numel() for p in backbone_parameters(load_model(cfg.model, cfg.task)).values())
@@ -105,7 +105,7 @@ def test_lora_train_then_eval_round_trip(cli, tiny_glue, tmp_path):
 def test_adapter_export_exits_2(cli, tiny_glue, tmp_path):
     r = cli("train", *tiny_overrides(tiny_glue, tmp_path, method="adapter_pfeiffer", **{"train.max_steps": 2}))
     assert r.exit_code == 0, r.output
-    run = tmp_path / "runs/default/tiny-random/adapter_pfeiffer-rf16/rte/seed42"
+    run = tmp_path / "runs/smoke/tiny-random/adapter_pfeiffer-rf16-steps2/rte/seed42"
     e = cli("export", str(run), str(tmp_path / "export"))
     assert e.exit_code == 2
     assert "cannot be folded" in e.output

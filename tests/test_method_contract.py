@@ -87,7 +87,8 @@ def trained(tiny_glue, tmp_path_factory):
             log.close()
             t.restore_best()
             a.method.finalize(t.model)
-            cache[(model, method)] = (cfg, base, a.method, t.model.eval(), a.head)
+            trainable = sum(p.numel() for p in t.params.values())  # what was optimized (finalize may fold it)
+            cache[(model, method)] = (cfg, base, a.method, t.model.eval(), a.head, trainable)
         return cache[(model, method)]
 
     return get
@@ -108,7 +109,7 @@ def test_step0_is_the_base_model(model, method, tmp_path):
 
 @pytest.mark.parametrize("model, method", CASES)
 def test_counts_artifact_reload_and_merge(trained, model, method):
-    cfg, base, m, model_t, head = trained(model, method)
+    cfg, base, m, model_t, head, optimized = trained(model, method)
     x = _inputs()
     with torch.no_grad():
         before, after = base(**x).logits, model_t(**x).logits
@@ -116,7 +117,7 @@ def test_counts_artifact_reload_and_merge(trained, model, method):
 
     # counts, as result.json reports them (head excluded)
     artifact = m.artifact(model_t)
-    trainable = sum(p.numel() for p in model_t.parameters() if p.requires_grad) - sum(p.numel() for p in head.values())
+    trainable = optimized - sum(p.numel() for p in head.values())
     stored = sum(t.numel() for t in artifact.values() if t.is_floating_point())
     assert (trainable, stored) == expected_counts(method, base, getattr(m, "r", None))
     assert set(head) and all(p.requires_grad for p in head.values())

@@ -10,7 +10,7 @@ from conftest import tiny_overrides
 
 
 def folder(results, tag, task="rte"):
-    return results / "runs" / "default" / "tiny-random" / tag / task / "seed42"
+    return results / "runs" / "smoke" / "tiny-random" / tag / task / "seed42"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_fisher_stores_its_indices(tiny_glue, tmp_path, cli):
         ),
     )
     assert r.exit_code == 0, r.output
-    f = folder(tmp_path, "pafi-fisher-d0.01")
+    f = folder(tmp_path, "pafi-fisher-d0.01-n8-steps4")
     res = json.loads((f / "result.json").read_text())
     with safe_open(str(f / "artifact.safetensors"), "pt") as fh:
         idx = [n for n in fh.keys() if n.startswith("pafi.indices.")]
@@ -120,7 +120,7 @@ def test_half_precision_storage_scores_what_it_stores(tiny_glue, tmp_path, cli):
         ),
     )
     assert r.exit_code == 0, r.output
-    f = folder(tmp_path, "pafi-smallest-d0.01-fp16")
+    f = folder(tmp_path, "pafi-smallest-d0.01-fp16-steps4")
     with safe_open(str(f / "artifact.safetensors"), "pt") as fh:
         assert str(fh.get_tensor("pafi.values").dtype) == "torch.float16"
     cli("eval", str(f))

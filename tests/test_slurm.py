@@ -33,6 +33,7 @@ from peft_cli.sweep.runner import run_sweep
 SUBMIT = REPO / "scripts" / "slurm" / "submit.sh"
 SBATCH_SCRIPT = REPO / "scripts" / "slurm" / "sweep.sbatch"
 VENV_BIN = str(Path(sys.executable).parent)  # `peftx` on the compute node = this environment's
+PEFTX_CMD = [sys.executable, "-m", "peft_cli.cli"]
 
 
 def _smoke(glue, res, *extra: str) -> list[str]:
@@ -126,6 +127,37 @@ def test_sbatch_failure_exits_2(tiny_glue, tmp_path, cli):
         "sweep", *_smoke(tiny_glue, tmp_path, "launcher=slurm", f"launcher.sbatch={bad}", "launcher.partition=nope")
     )
     assert r.exit_code == 2 and "invalid partition specified: nope" in r.output
+
+
+def test_bad_data_exits_2_before_anything_is_submitted(tmp_path, fake_slurm, cli):
+    """What a local sweep would fail on fails here, before sbatch is ever called."""
+    res = tmp_path / "res"
+    r = cli(
+        "sweep",
+        *_smoke(tmp_path / "nonexistent-glue", res, "launcher=slurm", f"launcher.sbatch={fake_slurm}/bin/sbatch"),
+    )
+    assert r.exit_code == 2 and "nonexistent-glue" in r.output
+    assert not (fake_slurm / "sbatch.args").exists() and not (res / "slurm").exists()
+
+
+def test_an_impossible_request_exits_2_with_slurms_reason(tiny_glue, tmp_path, cli):
+    """`sbatch --test-only` refuses (e.g. more CPUs per task than any node has): nothing is submitted."""
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/calls\ncase "$*" in *--test-only*) '
+        'echo "allocation failure: Requested node configuration is not available" >&2; exit 1;; esac\n'
+        "echo 77\n"
+    )
+    sbatch.chmod(0o755)
+    res = tmp_path / "res"
+    r = cli(
+        "sweep", *_smoke(tiny_glue, res, "launcher=slurm", f"launcher.sbatch={sbatch}", "launcher.cpus_per_task=64")
+    )
+    assert r.exit_code == 2 and "Requested node configuration is not available" in r.output
+    assert "cpus_per_task=64" in r.output
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 1 and "--test-only" in calls[0]  # tested, never submitted
+    assert not list(res.glob("slurm/*/manifest-*.txt"))
 
 
 @pytest.mark.parametrize(
@@ -252,8 +284,11 @@ def test_array_completes_every_run(cluster, tiny_glue, tmp_path, capfd):
     _wait(job, 900)
     runs = _runs(_smoke(tiny_glue, res))
     assert len(runs) == 4  # 2 tasks x 2 methods
-    for r in runs:
+    for i, r in enumerate(runs):
         assert results.is_completed(r.folder, config_hash(r.cfg)), (r.folder / "result.json").read_text()
+        where = results.read_result(r.folder / "result.json")["where"]  # which job and node ran it
+        assert where["slurm_array_job_id"] == job and where["slurm_array_task_id"] == str(i)
+        assert where["slurm_node"] and where["slurm_job_id"]
     logs = res / "slurm" / "smoke"
     for i in range(4):
         out = (logs / f"{job}_{i}.out").read_text()
@@ -335,3 +370,74 @@ def test_scancel_stays_cancelled_and_resubmitting_resumes(cluster, tiny_glue, tm
     _wait(job2, 900)
     assert results.is_completed(run.folder, config_hash(run.cfg))
     assert sum('"resume"' in line for line in log.read_text().splitlines()) == 1
+
+
+def _accounting() -> bool:
+    out = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minute"], capture_output=True, text=True, timeout=30)
+    return out.returncode == 0
+
+
+@pytest.mark.slurm
+def test_an_impossible_request_is_refused_by_the_real_scheduler(cluster, tiny_glue, tmp_path):
+    nodes = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=30).stdout.split()
+    too_many = max(int(n.rstrip("+")) for n in nodes) + 1
+    r = subprocess.run(
+        [
+            str(SUBMIT),
+            "smoke",
+            f"data.glue_dir={tiny_glue}",
+            f"results.dir={tmp_path}",
+            f"launcher.cpus_per_task={too_many}",
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "sbatch --test-only" in r.stderr and not r.stdout.strip(), r.stderr
+    assert not list(tmp_path.glob("slurm/*/manifest-*.txt"))
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(1500)
+def test_a_task_killed_for_memory_is_failed_with_the_reason_then_retried(cluster, tiny_glue, tmp_path):
+    """A task that outgrows --mem is killed by SLURM without warning; its result.json still says
+    running. The sweep asks sacct, reports it failed (OUT_OF_MEMORY), and --retry-failed completes it.
+    The memory goes to a process the task's setup starts once training runs (a leak, as far as SLURM
+    can tell: the job's cgroup holds both); it is exempt from the OOM killer, so peftx is the one killed."""
+    if not _accounting():
+        pytest.skip("SLURM accounting (slurmdbd) is off: sacct cannot answer")
+    res = tmp_path / "res"
+    one = ["sweep.tasks=[rte]", "sweep.methods=[bitfit]", "train.max_steps=2000", "train.log_every=1"]
+    [run] = _runs(_smoke(tiny_glue, res, *one))
+    hog = tmp_path / "hog.sh"
+    hog.write_text(
+        f"while ! grep -qs loss {run.folder}/log.jsonl; do sleep 0.2; done\n"
+        "echo -1000 > /proc/self/oom_score_adj\n"
+        f"exec {sys.executable} -c 'x = bytearray(1200 << 20); import time; time.sleep(300)'\n"
+    )
+    job = _submit(
+        tiny_glue, res, *one, "launcher.mem=1500M", "launcher.requeue=false", f"launcher.setup=['bash {hog} &']"
+    )
+    _wait(job, 900)
+    state = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-j", job + "_0", "-o", "State"], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+    assert state == "OUT_OF_MEMORY", state
+    args = [f"data.glue_dir={tiny_glue}", f"results.dir={res}", *one]
+    listing = subprocess.run(
+        [*PEFTX_CMD, "sweep", "sweep=smoke", "launcher=slurm", "--dry-run", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = next(ln for ln in listing.stdout.splitlines() if str(run.folder) in ln)
+    assert line.startswith("failed") and "OUT_OF_MEMORY" in line, listing.stdout
+    r = results.read_result(run.folder / "result.json")
+    assert r["status"] == "failed" and "OUT_OF_MEMORY" in r["error"] and f"{job}_0" in r["error"]
+    retry = _submit(tiny_glue, res, *one, "--retry-failed", "launcher.mem=2G")  # the same run, more memory
+    _wait(retry, 900)
+    assert results.is_completed(run.folder, config_hash(run.cfg))

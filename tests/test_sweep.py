@@ -122,10 +122,13 @@ def test_grid_counts_order_and_precedence(tiny_glue, tmp_path):
         assert r.cfg.model.name == "tiny-random" and r.cfg.experiment == "smoke"  # from conf/experiment/smoke.yaml
         assert not any(o.startswith(("launcher", "sweep")) for o in r.overrides)  # not passed to `peftx train`
         assert r.status == "pending" and r.note == "new"
-        assert (
-            r.folder
-            == tmp_path / "runs/smoke/tiny-random" / r.cfg.method["name"] / r.cfg.task.name / f"seed{r.cfg.seed}"
-        )
+        # the folder names what the run sets beyond the experiment (smoke: batch 8, 2 epochs, lr from the method)
+        setting = {"train.batch_size": 2, "train.lr": 0.01 if bitfit else 0.5}
+        if bitfit or stsb:
+            setting["train.epochs"] = 3 if bitfit else 1
+        assert r.cfg.setting == setting
+        tag = r.cfg.method["name"] + ("-bs2-ep3-lr0.01" if bitfit else "-bs2-ep1-lr0.5" if stsb else "-bs2-lr0.5")
+        assert r.folder == tmp_path / "runs/smoke/tiny-random" / tag / r.cfg.task.name / f"seed{r.cfg.seed}"
     # seeds after the first two are copied from the first composition: they must equal a fresh one
     for r in runs:
         assert r.cfg.to_dict() == compose(r.overrides).to_dict()
@@ -243,7 +246,7 @@ def test_dry_run_lists_runs_and_runs_nothing(tiny_glue, tmp_path, launched, caps
     out = capsys.readouterr().out
     assert launched == [] and not (tmp_path / "runs").exists()
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["status", "task", "method", "seed", "folder"]
+    assert lines[0].split()[:5] == ["status", "task", "run", "seed", "folder"]
     assert len(lines) == 1 + 4 + 1
     for line, (task, method) in zip(
         lines[1:5], [("rte", "full"), ("rte", "bitfit"), ("mrpc", "full"), ("mrpc", "bitfit")], strict=True

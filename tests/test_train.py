@@ -12,7 +12,7 @@ from peft_cli.run.record import REQUIRED_KEYS
 
 
 def run_folder(results, method_tag, task="rte", seed=42, model="tiny-random"):
-    return results / "runs" / "default" / model / method_tag / task / f"seed{seed}"
+    return results / "runs" / "smoke" / model / method_tag / task / f"seed{seed}"
 
 
 @pytest.fixture(scope="module")

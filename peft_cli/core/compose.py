@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
-from peft_cli.core.config import RunConfig, run_config
+from peft_cli.core.config import DataConfig, RunConfig, TrainConfig, is_identity, run_config
 from peft_cli.core.errors import UserError
+
+# The sections whose keys make a run's `setting` (method.* and mask.* are named by the method's tag).
+SETTING_SECTIONS = {"train": TrainConfig, "data": DataConfig}
 
 
 def conf_dir() -> Path:
@@ -45,6 +51,36 @@ def _one_line(e: Exception) -> str:
     return msg
 
 
+def compose_run(overrides: list[str]) -> dict[str, Any]:
+    """compose_dict plus the run's `setting`: the train.*/data.* values that differ from what the
+    same experiment, task, method, model and seed give without the other overrides."""
+    d = compose_dict(overrides)
+    d["setting"] = setting_of(d, _base(tuple(base_overrides(overrides))))
+    return d
+
+
+def base_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that pick groups or top-level values (`experiment=`, `method=`, `seed=`, ...):
+    those without a dot in their key. The rest (`train.lr=...`) are the run's own setting."""
+    return [o for o in overrides if "." not in o.split("=", 1)[0]]
+
+
+@functools.lru_cache(maxsize=256)
+def _base(overrides: tuple[str, ...]) -> dict[str, Any]:
+    return compose_dict(list(overrides))
+
+
+def setting_of(d: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """{"section.key": value} for every identity key of SETTING_SECTIONS where `d` differs from `base`."""
+    out = {}
+    for section, cls in SETTING_SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = d.get(section, {}).get(f.name)
+            if is_identity(f) and value != base.get(section, {}).get(f.name):
+                out[f"{section}.{f.name}"] = copy.deepcopy(value)
+    return out
+
+
 def compose(overrides: list[str]) -> RunConfig:
     """Hydra overrides -> a validated RunConfig (UserError naming the key or value otherwise)."""
-    return run_config(compose_dict(overrides))
+    return run_config(compose_run(overrides))

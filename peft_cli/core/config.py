@@ -76,6 +76,16 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
+# Field metadata of keys that say where things are or how a run is watched, not what it computes:
+# they are left out of a run's identity (its config hash and its folder name).
+WATCH = {"identity": False}
+
+
+def is_identity(f: dataclasses.Field) -> bool:
+    """Whether a schema field changes what a run computes (see WATCH)."""
+    return f.metadata.get("identity", True)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 3
@@ -88,20 +98,21 @@ class TrainConfig:
     max_length: int = 128
     grad_clip: float | None = 1.0
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    log_every: int = 10
-    progress: bool = True
-    checkpoint_every: int = 0  # steps between periodic checkpoints; 0 = only on SIGUSR1/SIGTERM
+    device: str = field(default="auto", metadata=WATCH)  # auto | cpu | cuda | cuda:N
+    log_every: int = field(default=10, metadata=WATCH)
+    progress: bool = field(default=True, metadata=WATCH)
+    # steps between periodic checkpoints; 0 = only on SIGUSR1/SIGTERM/SIGINT
+    checkpoint_every: int = field(default=0, metadata=WATCH)
 
 
 @dataclass
 class DataConfig:
-    glue_dir: str | None = None  # classic GLUE folder; null = the hub (nyu-mll/glue)
+    glue_dir: str | None = field(default=None, metadata=WATCH)  # classic GLUE folder; null = the hub (nyu-mll/glue)
     protocol: str = "holdout"  # holdout | dev (see data/glue.py)
     split_seed: int = 42  # fixed across run seeds, so every seed sees the same test set
     holdout_size: int = 1000  # large tasks: train examples held out as validation
     max_train_examples: int | None = None  # subsample train (quick experiments); null = all
-    cache_dir: str | None = None  # hub cache
+    cache_dir: str | None = field(default=None, metadata=WATCH)  # hub cache
 
 
 @dataclass
@@ -111,14 +122,14 @@ class MaskConfig:
     scope: str = "global"  # global | per_tensor
     include: list[str] = field(default_factory=lambda: [".*"])
     exclude: list[str] = field(default_factory=list)
-    path: str | None = None  # an existing mask file; null = build or reuse under results.dir
+    path: str | None = field(default=None, metadata=WATCH)  # an existing mask file; null = build or reuse
     seed: int = 0  # random strategy
     fisher_samples: int = 1024  # FISH: training examples whose squared gradients are summed
 
 
 @dataclass
 class ResultsConfig:
-    dir: str = "results"
+    dir: str = field(default="results", metadata=WATCH)
 
 
 @dataclass
@@ -135,6 +146,9 @@ class RunConfig:
     data: DataConfig
     mask: MaskConfig
     results: ResultsConfig
+    # train.* / data.* keys this run sets beyond its experiment, task, method, model and seed, with
+    # their values (derived when the config is composed, core/compose.py): they name its folder.
+    setting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -276,5 +290,15 @@ def _validate_task(task: TaskConfig) -> None:
 
 def run_config(data: dict[str, Any]) -> RunConfig:
     """A plain dict (Hydra's resolved output, or a run folder's config.yaml) -> validated RunConfig."""
-    keys = ("experiment", "seed", "task", "model", "method", "train", "data", "mask", "results")
-    return validate(from_dict(RunConfig, {k: data[k] for k in keys if k in data}, ""))
+    keys = ("experiment", "seed", "task", "model", "method", "train", "data", "mask", "results", "setting")
+    cfg = validate(from_dict(RunConfig, {k: data[k] for k in keys if k in data}, ""))
+    cfg.setting = {key: _schema_value(cfg, key) for key in cfg.setting}  # as the schema reads it: lr 1 == 1.0
+    return cfg
+
+
+def _schema_value(cfg: RunConfig, key: str) -> Any:
+    section, _, name = key.partition(".")
+    obj = getattr(cfg, section, None)
+    if obj is None or not hasattr(obj, name):
+        raise UserError(f"config key 'setting' names {key!r}, which is not a train.* or data.* key")
+    return getattr(obj, name)

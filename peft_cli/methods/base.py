@@ -31,6 +31,9 @@ function with no further call.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +147,16 @@ class SharedResource:
     path: Path  # where it lives once built
     describe: str  # one line for the sweep's log, e.g. "shared mask for minilm-l6 (smallest, density 0.005)"
     build: Callable[[], Path]  # build it (or reuse it); returns `path`
+
+
+def slug(items: list[str]) -> str:
+    """A folder-safe name for tags: the items' letters and digits joined by '-', plus a short hash
+    when that drops characters, so `embeddings` and `embeddings$` never give one tag."""
+    parts = [re.sub(r"[^A-Za-z0-9]+", "", p) for p in items]
+    text = "-".join(parts)
+    if parts != list(items):
+        text += "-h" + hashlib.sha256(json.dumps(list(items)).encode()).hexdigest()[:6]
+    return text
 
 
 def default_decays(name: str) -> bool:

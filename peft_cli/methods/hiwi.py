@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
-from peft_cli.methods.base import Method, load_named
+from peft_cli.methods.base import Method, load_named, slug
 from peft_cli.models import backbone_parameters
 
 if TYPE_CHECKING:
@@ -102,11 +102,6 @@ def width(cfg: HiWiConfig, model: "nn.Module", targets: dict[str, tuple["nn.Modu
     return max(1, round((cfg.budget * backbone - sum(ds)) / sum(2 * d + 1 for d in ds)))
 
 
-def slug(patterns: list[str]) -> str:
-    """A folder-safe short form of regexes, for tags."""
-    return "-".join(re.sub(r"[^A-Za-z0-9]+", "", p) for p in patterns)
-
-
 class HiWi(Method):
     name = "hiwi"
     config_cls = HiWiConfig
@@ -163,12 +158,20 @@ class HiWi(Method):
         load_named(model, tensors)  # g(p) written over p: a plain model
         return model
 
+    def finalize(self, model: "nn.Module") -> None:
+        # Fold g(p) into p, in fp32, before the test split is scored: the run then scores the very
+        # tensors it stores. (Left parametrized, a bf16-autocast run would score g(p) computed in
+        # bf16 while storing the fp32 one, and `peftx eval` would disagree with the run.)
+        self.merge(model)
+
     def merge(self, model: "nn.Module") -> "nn.Module":
-        """Fold g(p) into p in a model that still has its adapters (a model from `load` has none)."""
+        """Fold g(p) into p in a model that still has its adapters (a model from `load` has none).
+        Computed in fp32 whatever autocast is active."""
         import torch
         from torch.nn.utils import parametrize
 
-        with torch.no_grad():
+        device = next(model.parameters()).device.type
+        with torch.no_grad(), torch.autocast(device, enabled=False):
             for module in list(model.modules()):
                 if parametrize.is_parametrized(module):
                     for attr in list(module.parametrizations):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
-from peft_cli.methods.base import Method, load_backbone, stored_backbone
+from peft_cli.methods.base import Method, load_backbone, slug, stored_backbone
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ class LoRA(Method):
         if cfg.dropout != default.dropout:
             tag += f"-do{cfg.dropout:g}"
         if cfg.target_modules != default.target_modules:
-            tag += "-" + "-".join(re.sub(r"[^A-Za-z0-9]+", "", t) for t in cfg.target_modules)
+            tag += "-" + slug(cfg.target_modules)
         return tag
 
     def _inject(self, model: "nn.Module") -> "nn.Module":

@@ -10,6 +10,7 @@ import math
 import re
 from pathlib import Path
 
+from peft_cli.core.console import console
 from peft_cli.core.files import write_text
 from peft_cli.report.table import SKIPPED, Row, Table
 
@@ -227,16 +228,15 @@ def to_latex(table: Table) -> str:
 
 
 def print_table(table: Table) -> None:
-    """The table on the console (rich)."""
+    """The table on stdout: its caption, the table, its notes. Caption and notes are lines of their
+    own (not the rich table's title/caption, which fold to the table's width); off a terminal no
+    line is folded (core/console.py)."""
     from rich import box
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table as RichTable
 
+    out = console()
     t = RichTable(
-        title=escape(caption(table)),
-        caption=escape("\n".join(notes(table))),
-        caption_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -253,7 +253,10 @@ def print_table(table: Table) -> None:
             t.add_row("[italic]published[/italic]")
         else:
             t.add_row(*map(escape, cs))
-    Console().print(t)
+    out.print(escape(caption(table)))
+    out.print(t)
+    for note in notes(table):
+        out.print(escape(note))
 
 
 def write_tables(table: Table, stem: Path) -> list[Path]:

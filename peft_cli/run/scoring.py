@@ -75,8 +75,9 @@ def headline(cfg: RunConfig, test_metrics: dict[str, float]) -> float:
 
 
 def write_predictions(path: Path, enc: "Encoded", preds: list[float]) -> None:
-    """predictions.tsv: `index prediction label`, one row per example of `enc`."""
-    fmt = (lambda v: f"{v:.6f}") if enc.regression else (lambda v: str(int(v)))
+    """predictions.tsv: `index prediction label`, one row per example of `enc`. Regression values
+    are written at full precision (repr: they read back as the very floats the metrics saw)."""
+    fmt = (lambda v: repr(float(v))) if enc.regression else (lambda v: str(int(v)))
     rows = ["index\tprediction\tlabel"] + [
         f"{i}\t{fmt(p)}\t{fmt(g)}" for i, p, g in zip(enc.idx, preds, enc.labels, strict=True)
     ]

@@ -123,7 +123,7 @@ class Trainer:
         if stop.is_set() or (every and s.step % every == 0):
             self._save()
             if stop.is_set():
-                raise Interrupted(f"stopped by signal at step {s.step}; checkpoint saved, rerun to resume")
+                raise Interrupted(f"stopped by signal at step {s.step}; checkpoint saved, rerun to resume", stop.signum)
 
     def _validate(self) -> None:
         """Score validation after an epoch; keep a snapshot of the best epoch (ties keep the earlier)."""

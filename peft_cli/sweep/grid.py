@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from peft_cli.core.compose import compose_dict
+from peft_cli.core.compose import compose_run
 from peft_cli.core.config import RunConfig, from_dict, run_config
 from peft_cli.core.errors import UserError
-from peft_cli.run import checkpoint
-from peft_cli.run.identity import config_hash, method_tag, run_folder
+from peft_cli.run import checkpoint, lock
+from peft_cli.run.identity import config_hash, run_folder, run_tag
 from peft_cli.run.record import read_result
 
 
@@ -105,26 +105,34 @@ class Run:
     overrides: list[str]
     cfg: RunConfig
     folder: Path
-    status: str  # completed | failed | pending
+    status: str  # see Status
     note: str = ""  # why pending: "new", "resumes at step 40", "config changed", ...
+    overwrite: bool = False  # train it with --overwrite (replaces a completed run of another config)
 
     @property
     def label(self) -> str:
-        return f"{self.cfg.task.name} {method_tag(self.cfg)} seed {self.cfg.seed}"
+        return f"{self.cfg.task.name} {run_tag(self.cfg)} seed {self.cfg.seed}"
 
 
 class Status(NamedTuple):
-    status: str  # completed | failed | pending
-    note: str  # why pending ("new", "cancelled, resumes at step 40", ...), or a failed run's error
+    # completed | failed | pending | running (a live process holds the folder's lock) |
+    # conflict (the folder holds a completed run of another config)
+    status: str
+    note: str  # why pending ("new", "cancelled, resumes at step 40", ...), who runs it, or a failed run's error
 
 
 def status_of(folder: Path, chash: str) -> Status:
-    """(completed | failed | pending, note) from the folder's result.json and checkpoint.
-    A result of another config (its config_hash differs from `chash`) is stale: that run is pending again."""
+    """A run's status from its folder's lock, result.json and checkpoint. A result of another config
+    (its config_hash differs from `chash`) that did not complete is stale: that run is pending again."""
+    h = lock.holder(folder)
+    if h is not None and lock.alive(h):
+        return Status("running", f"being trained by {lock.describe(h)}")
     r = read_result(folder / "result.json")
     if r is None:
         return Status("pending", "new" if not (folder / "result.json").exists() else "unreadable result.json")
     if r["config_hash"] != chash:
+        if r["status"] == "completed":
+            return Status("conflict", f"holds a completed run of another config ({r['config_hash']})")
         return Status("pending", f"config changed (was {r['config_hash']})")
     if r["status"] in ("completed", "failed"):
         return Status(r["status"], r.get("error", "") if r["status"] == "failed" else "")
@@ -166,7 +174,7 @@ def _compose_seeds(sweep: SweepConfig, task: TaskEntry, method: MethodEntry, use
 
     def one(seed: int) -> dict[str, Any]:
         try:
-            return compose_dict(run_overrides(sweep, task, method, seed, user))
+            return compose_run(run_overrides(sweep, task, method, seed, user))
         except UserError as e:
             raise UserError(
                 f"sweep '{sweep.name}', run task={task.task} method={method.method} seed={seed}: {e}"

@@ -12,12 +12,18 @@ cancelled, killed or missing run is run again (it resumes from its checkpoint wh
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peft_cli.core.compose import compose_dict
+from peft_cli.core.console import console as make_console
+from peft_cli.core.errors import Interrupted, UserError
+from peft_cli.data.glue import read_task
 from peft_cli.methods import shared_resource
-from peft_cli.run.identity import method_tag
+from peft_cli.models import check_model
+from peft_cli.run.identity import run_tag
 from peft_cli.sweep.grid import Run, expand, sweep_config, with_status
 from peft_cli.sweep.launchers import Launcher, make_launcher
 
@@ -25,38 +31,86 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = False) -> int:
-    """`peftx sweep OVERRIDES`; returns the number of runs left failed or unfinished."""
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False)
+def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = False, overwrite: bool = False) -> int:
+    """`peftx sweep OVERRIDES`; returns the number of runs left failed or unfinished. `overwrite`:
+    replace completed runs of another config that sit in this grid's folders (else UserError)."""
+    console = make_console(stderr=True)
     root = compose_dict(list(overrides))
     sweep = sweep_config(root.get("sweep"))
     launcher = make_launcher(root.get("launcher") or {}, root["results"]["dir"], sweep.name)
     runs = expand(sweep, list(overrides))
+    known = launcher.status(runs)  # queued elsewhere, or ended badly where only the launcher can tell
+    runs = [
+        dataclasses.replace(r, status=known[r.folder].status, note=known[r.folder].note) if r.folder in known else r
+        for r in runs
+    ]
+    runs = _resolve_conflicts(runs, overwrite)
     todo = [r for r in runs if r.status == "pending" or (retry_failed and r.status == "failed")]
-    in_flight = launcher.status(todo)
-    todo = [r for r in todo if r.folder not in in_flight]
     if dry_run:
-        _list(sweep.name, runs, todo, in_flight, launcher)
+        _list(sweep.name, runs, todo, launcher)
         return 0
     console.print(
-        f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs, in_flight)}; "
-        f"{len(todo)} to run ({launcher.name})"
+        f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs)}; {len(todo)} to run ({launcher.name})"
     )
     if todo:
+        preflight(todo, console)
         build_shared(todo, console)
     launched = launcher.launch(todo, len(runs) - len(todo), console)
     if launched.outcomes is None:  # handed to a scheduler: failed runs that were not resubmitted
         submitting = {r.folder for r in todo}
         return sum(r.status == "failed" and r.folder not in submitting for r in runs)
-    return _summary(sweep.name, [with_status(r) for r in runs], len(todo), launched.outcomes, console)
+    left = _summary(sweep.name, [with_status(r) for r in runs], len(todo), launched.outcomes, console)
+    if launched.stopped_by is not None:
+        raise Interrupted(f"sweep {sweep.name} stopped by signal; rerun it to resume", launched.stopped_by)
+    return left
 
 
-def _counts(runs: list[Run], in_flight: dict[Path, str]) -> str:
-    n = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "pending")}
+def _resolve_conflicts(runs: list[Run], overwrite: bool) -> list[Run]:
+    """Runs whose folder holds a completed run of another config: an error, or (overwrite) pending
+    runs that replace it."""
+    conflicts = [r for r in runs if r.status == "conflict"]
+    if conflicts and not overwrite:
+        raise UserError(
+            f"{len(conflicts)} run folder(s) of this sweep hold a completed run of another config, e.g. "
+            f"{conflicts[0].folder} ({conflicts[0].note}); pass --overwrite to replace them, or give the "
+            "sweep its own experiment= or results.dir="
+        )
+    return [
+        dataclasses.replace(r, status="pending", overwrite=True, note="replaces " + r.note)
+        if r.status == "conflict"
+        else r
+        for r in runs
+    ]
+
+
+def _counts(runs: list[Run]) -> str:
+    n = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "pending", "running")}
     text = f"{n['completed']} completed, {n['failed']} failed, {n['pending']} pending"
-    return text + (f" ({len(in_flight)} of them in flight on the launcher)" if in_flight else "")
+    return text + (f", {n['running']} running elsewhere" if n["running"] else "")
+
+
+# --------------------------------------------------------------------------------------------
+# checks before anything starts
+
+
+def preflight(todo: list[Run], console: "Console") -> None:
+    """What every run will need, checked once here before any run starts or is submitted: the
+    task's data is readable and the model (its tokenizer and config) loads. UserError otherwise."""
+    seen = set()
+    for run in todo:
+        cfg = run.cfg
+        data_key = (cfg.task.name, cfg.data.glue_dir, cfg.data.cache_dir)
+        if data_key not in seen:
+            seen.add(data_key)
+            read_task(cfg.task, cfg.data)
+        model_key = json.dumps(dataclasses.asdict(cfg.model), sort_keys=True)
+        if model_key not in seen:
+            seen.add(model_key)
+            check_model(cfg.model)
+    console.print(
+        f"checked: data of {sum(isinstance(k, tuple) for k in seen)} task(s) and "
+        f"{sum(isinstance(k, str) for k in seen)} model(s) load"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,24 +136,20 @@ def build_shared(todo: list[Run], console: "Console") -> list[Path]:
 # output
 
 
-def _list(name: str, runs: list[Run], todo: list[Run], in_flight: dict[Path, str], launcher: Launcher) -> None:
-    """--dry-run: one line per run (status, task, method_tag, seed, folder, why), then what would happen."""
+def _list(name: str, runs: list[Run], todo: list[Run], launcher: Launcher) -> None:
+    """--dry-run: one line per run (status, task, run tag, seed, folder, why), then what would happen."""
     will = {r.folder for r in todo}
     rows = []
     for r in runs:
-        status = "queued" if r.folder in in_flight else r.status
-        note = in_flight.get(r.folder, r.note)
+        note = r.note
         if r.status == "failed" and r.folder in will:
             note = "retried (--retry-failed)" + (f": {note}" if note else "")
-        rows.append((status, r.cfg.task.name, method_tag(r.cfg), str(r.cfg.seed), str(r.folder), note))
-    header = ("status", "task", "method", "seed", "folder", "note")
+        rows.append((r.status, r.cfg.task.name, run_tag(r.cfg), str(r.cfg.seed), str(r.folder), note))
+    header = ("status", "task", "run", "seed", "folder", "note")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
-    print(
-        f"sweep {name}: {len(runs)} runs; {_counts(runs, in_flight)}; would run {len(todo)} with "
-        f"launcher={launcher.name}"
-    )
+    print(f"sweep {name}: {len(runs)} runs; {_counts(runs)}; would run {len(todo)} with launcher={launcher.name}")
     for line in launcher.plan(todo):
         print(line)
 
@@ -127,7 +177,7 @@ def _summary(name: str, runs: list[Run], todo: int, outcomes: list, console: "Co
     incomplete = sum(r.status != "completed" for r in runs)  # failed, or cancelled/never started
     started = f"ran {len(outcomes)} now" + (f" ({todo - len(outcomes)} not started)" if todo > len(outcomes) else "")
     console.print(
-        f"sweep {name}: {len(runs)} runs; {started}, skipped {len(runs) - todo}; {_counts(runs, {})}"
+        f"sweep {name}: {len(runs)} runs; {started}, skipped {len(runs) - todo}; {_counts(runs)}"
         + ("; rerun with --retry-failed to retry failed runs" if failed else "")
         + ("; rerun the sweep to finish the others" if incomplete > failed else "")
     )

@@ -7,11 +7,16 @@
 #   * Users who want to try the SLURM path on one machine before moving to a
 #     real cluster.
 #
-# It installs Debian's slurm-wlm + munge, writes /etc/slurm/slurm.conf for a
-# one-node cluster (ClusterName=peftx-local, partition "debug"), and runs
-# munged, slurmctld and slurmd directly as daemons (no systemd needed, so it
-# works in containers). No accounting (no slurmdbd): sacct does not work; use
-# squeue / `scontrol show job` instead. Must be run as root.
+# It installs Debian's slurm-wlm, munge, slurmdbd and mariadb-server, writes
+# /etc/slurm/slurm.conf for a one-node cluster (ClusterName=peftx-local,
+# partition "debug") and /etc/slurm/slurmdbd.conf, and runs munged, a MariaDB
+# server, slurmdbd, slurmctld and slurmd directly as daemons (no systemd
+# needed, so it works in containers). With accounting, `sacct` knows every
+# job (peftx asks it why a task died: OUT_OF_MEMORY, TIMEOUT, ...), and a job
+# that outgrows its --mem is killed (JobAcctGatherParams=OverMemoryKill), as
+# on a real cluster (in memory cgroups where the machine allows, else by
+# polling). PEFTX_SLURM_ACCOUNTING=0 runs without slurmdbd (then peftx falls
+# back to `scontrol show job`). Must be run as root.
 #
 # Usage: scripts/slurm/local_cluster.sh {install|start|stop|status}
 #
@@ -23,6 +28,8 @@
 #   PEFTX_SLURM_CRED_EXPIRE    AuthInfo cred_expire; also how long a requeued job
 #                              waits before it may start again (default: 10; Slurm's is 120)
 #   PEFTX_SLURM_START_TIMEOUT  seconds to wait for the node to become idle (default: 60)
+#   PEFTX_SLURM_ACCOUNTING     1: slurmdbd + MariaDB, sacct works (default); 0: none
+#   PEFTX_SLURM_CGROUP         auto (default): memory cgroups if /sys/fs/cgroup/memory is writable; 1; 0
 # Setting CPUs/memory above the real values is allowed (SlurmdParameters=
 # config_overrides), e.g. to simulate a bigger node.
 set -euo pipefail
@@ -37,11 +44,19 @@ SLURMD_PID=$RUN_DIR/slurmd.pid
 MUNGE_KEY=/etc/munge/munge.key
 MUNGE_RUN=/run/munge
 MUNGE_PID=$MUNGE_RUN/munged.pid
+DBD_CONF=$CONF_DIR/slurmdbd.conf
+DBD_PID=$RUN_DIR/slurmdbd.pid
+DB_DIR=/var/lib/mysql
+DB_RUN=/run/mysqld
+DB_PID=$DB_RUN/mysqld.pid
+DB_SOCKET=$DB_RUN/mysqld.sock
+DB_PASS=peftx-local-slurmdbd            # a test database reachable through a local socket only
 
 NODE=${PEFTX_SLURM_NODE:-$(hostname -s)}
 KILL_WAIT=${PEFTX_SLURM_KILL_WAIT:-10}
 CRED_EXPIRE=${PEFTX_SLURM_CRED_EXPIRE:-10}
 START_TIMEOUT=${PEFTX_SLURM_START_TIMEOUT:-60}
+ACCOUNTING=${PEFTX_SLURM_ACCOUNTING:-1}
 
 log() { echo "[local_cluster] $*" >&2; }
 die() { echo "[local_cluster] ERROR: $*" >&2; exit 1; }
@@ -76,15 +91,19 @@ stop_pidfile() {
 
 cmd_install() {
   need_root
+  local pkgs="slurm-wlm munge"
+  (( ACCOUNTING )) && pkgs="$pkgs slurmdbd mariadb-server"
   if command -v slurmctld >/dev/null && command -v slurmd >/dev/null &&
-     command -v sbatch >/dev/null && command -v munged >/dev/null; then
-    log "slurm-wlm and munge already installed"
+     command -v sbatch >/dev/null && command -v munged >/dev/null &&
+     { (( !ACCOUNTING )) || { command -v slurmdbd >/dev/null && command -v mariadbd >/dev/null; }; }; then
+    log "$pkgs already installed"
     return 0
   fi
-  log "installing slurm-wlm munge (apt)"
+  log "installing $pkgs (apt)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
   log "installed: $(slurmctld -V)"
 }
 
@@ -121,6 +140,60 @@ start_munge() {
   die "munged did not come up; see /var/log/munge/munged.log"
 }
 
+# ---- accounting: MariaDB (its local socket only) + slurmdbd ----
+
+start_mariadb() {
+  if pid_alive "$DB_PID" && mariadb-admin --socket="$DB_SOCKET" ping >/dev/null 2>&1; then
+    log "mariadb already running"; return 0
+  fi
+  install -d -o mysql -g mysql -m 0755 "$DB_RUN"
+  install -d -m 0755 "$LOG_DIR"
+  if [[ ! -d $DB_DIR/mysql ]]; then
+    log "initialising $DB_DIR"
+    mariadb-install-db --user=mysql --datadir="$DB_DIR" --auth-root-authentication-method=socket >/dev/null
+  fi
+  touch "$LOG_DIR/mariadb.log" && chown mysql:mysql "$LOG_DIR/mariadb.log"
+  runuser -u mysql -- mariadbd --datadir="$DB_DIR" --socket="$DB_SOCKET" --pid-file="$DB_PID" \
+    --bind-address=127.0.0.1 --innodb-buffer-pool-size=64M --log-error="$LOG_DIR/mariadb.log" \
+    >/dev/null 2>&1 </dev/null &
+  local i
+  for ((i = 0; i < 60; i++)); do
+    mariadb-admin --socket="$DB_SOCKET" ping >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  mariadb-admin --socket="$DB_SOCKET" ping >/dev/null 2>&1 || die "mariadb did not come up; see $LOG_DIR/mariadb.log"
+  mariadb --socket="$DB_SOCKET" -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+    CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASS';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+  log "mariadb up"
+}
+
+render_dbd_conf() {
+  printf '%s\n' "# Generated by scripts/slurm/local_cluster.sh -- accounting for the peftx test cluster." \
+    "AuthType=auth/munge" "DbdHost=localhost" "SlurmUser=root" "PidFile=$DBD_PID" \
+    "LogFile=$LOG_DIR/slurmdbd.log" "StorageType=accounting_storage/mysql" "StorageLoc=slurm_acct_db" \
+    "StorageUser=slurm" "StoragePass=$DB_PASS" "StorageHost=localhost" "StoragePort=3306"
+}
+
+start_slurmdbd() {
+  install -d -m 0755 "$CONF_DIR" "$LOG_DIR" "$RUN_DIR"
+  render_dbd_conf >"$DBD_CONF.tmp"
+  chmod 0600 "$DBD_CONF.tmp"
+  mv -f "$DBD_CONF.tmp" "$DBD_CONF"
+  if ! pid_alive "$DBD_PID"; then
+    slurmdbd || die "slurmdbd failed to start; see $LOG_DIR/slurmdbd.log"
+  fi
+  local i
+  for ((i = 0; i < 60; i++)); do
+    sacctmgr -n list cluster >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  sacctmgr -n list cluster >/dev/null 2>&1 || die "slurmdbd does not answer; see $LOG_DIR/slurmdbd.log"
+  sacctmgr -n -P list cluster format=cluster | grep -qx peftx-local ||
+    sacctmgr -i add cluster peftx-local >/dev/null
+  log "slurmdbd up (sacct works)"
+}
+
 # render_conf: print the slurm.conf for this machine on stdout.
 render_conf() {
   local cpus mem total
@@ -146,8 +219,7 @@ CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
 
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+$(tracking_conf)
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
@@ -156,8 +228,7 @@ SchedulerParameters=sched_interval=2,bf_interval=5
 # Trust the CPUs/RealMemory below even if they differ from the hardware.
 SlurmdParameters=config_overrides
 
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+$(accounting_conf)
 JobCompType=jobcomp/none
 
 StateSaveLocation=$STATE_DIR/ctld
@@ -172,12 +243,47 @@ SlurmdDebug=info
 ReturnToService=2
 JobRequeue=1
 KillWait=$KILL_WAIT
-# Keep finished jobs visible to 'scontrol show job' for 10 min (no sacct here).
+# Keep finished jobs visible to 'scontrol show job' for 10 min (without accounting, all there is).
 MinJobAge=600
 
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$def_mem
 EOF
+}
+
+# Memory limits: with writable cgroup-v1 memory controllers (most containers and hosts), jobs run in
+# cgroups that enforce --mem, and a job that outgrows it ends OUT_OF_MEMORY, as on real clusters.
+# Without them, jobacct_gather samples memory every second and kills the job (state FAILED).
+use_cgroup() {
+  case ${PEFTX_SLURM_CGROUP:-auto} in
+    1) return 0 ;; 0) return 1 ;;
+  esac
+  [[ -w /sys/fs/cgroup/memory && -e /sys/fs/cgroup/memory/memory.limit_in_bytes ]]
+}
+
+tracking_conf() {
+  if use_cgroup; then
+    printf '%s\n' "ProctrackType=proctrack/cgroup" "TaskPlugin=task/cgroup"
+  else
+    printf '%s\n' "ProctrackType=proctrack/linuxproc" "TaskPlugin=task/none"
+  fi
+}
+
+write_cgroup_conf() {
+  use_cgroup || return 0
+  printf '%s\n' "# Generated by scripts/slurm/local_cluster.sh" "CgroupPlugin=cgroup/v1" "CgroupAutomount=yes" \
+    "ConstrainRAMSpace=yes" "ConstrainSwapSpace=yes" "AllowedSwapSpace=0" >"$CONF_DIR/cgroup.conf"
+}
+
+accounting_conf() {
+  local gather="jobacct_gather/linux" params="JobAcctGatherParams=OverMemoryKill"
+  use_cgroup && gather="jobacct_gather/cgroup" params=""
+  if (( ACCOUNTING )); then
+    printf '%s\n' "AccountingStorageType=accounting_storage/slurmdbd" "AccountingStorageHost=localhost" \
+      "JobAcctGatherType=$gather" "JobAcctGatherFrequency=task=1" $params
+  else
+    printf '%s\n' "JobAcctGatherType=jobacct_gather/none" "AccountingStorageType=accounting_storage/none"
+  fi
 }
 
 # conf_is_current: 0 if $CONF already equals what render_conf prints.
@@ -186,6 +292,7 @@ conf_is_current() { cmp -s <(render_conf) "$CONF"; }
 write_conf() {
   install -d -m 0755 "$CONF_DIR" "$LOG_DIR" "$RUN_DIR" \
     "$STATE_DIR" "$STATE_DIR/ctld" "$STATE_DIR/d"
+  write_cgroup_conf
   if ! conf_is_current; then
     render_conf >"$CONF.tmp"
     chmod 0644 "$CONF.tmp"
@@ -201,6 +308,13 @@ cmd_start() {
   command -v slurmctld >/dev/null || die "slurm not installed; run: $0 install"
   local t0=$SECONDS
   start_munge
+  # sacctmgr (below) reads slurm.conf: bring it up to date first, unless the daemons run on the old one
+  pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID" || write_conf
+  if (( ACCOUNTING )); then
+    command -v slurmdbd >/dev/null || die "slurmdbd not installed; run: $0 install"
+    start_mariadb
+    start_slurmdbd
+  fi
 
   if pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID" && scontrol ping >/dev/null 2>&1; then
     log "slurmctld and slurmd already running"
@@ -252,16 +366,20 @@ cmd_stop() {
   fi
   stop_pidfile slurmd "$SLURMD_PID"
   stop_pidfile slurmctld "$CTLD_PID"
+  stop_pidfile slurmdbd "$DBD_PID"
+  stop_pidfile mariadb "$DB_PID"
   stop_pidfile munged "$MUNGE_PID"
   log "stopped"
 }
 
 cmd_status() {
   local rc=0 name pidfile
-  for name in munged slurmctld slurmd; do
+  for name in munged mariadb slurmdbd slurmctld slurmd; do
     case $name in
       munged) pidfile=$MUNGE_PID ;; slurmctld) pidfile=$CTLD_PID ;; slurmd) pidfile=$SLURMD_PID ;;
+      mariadb) pidfile=$DB_PID ;; slurmdbd) pidfile=$DBD_PID ;;
     esac
+    if [[ $name == mariadb || $name == slurmdbd ]] && (( !ACCOUNTING )); then continue; fi
     if pid_alive "$pidfile"; then
       echo "$name: running (pid $(<"$pidfile"))"
     else

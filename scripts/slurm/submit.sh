@@ -16,6 +16,7 @@
 # Preview without submitting: add --dry-run.
 #
 # Needs peftx on PATH (activate its environment first), or PEFTX="python -m peft_cli.cli".
+# From a pip install (no checkout), `peftx submit SWEEP [OVERRIDES...]` does the same.
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then

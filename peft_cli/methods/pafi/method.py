@@ -15,13 +15,13 @@ memory scale with k), and this file, the Method.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peft_cli.core.config import MaskConfig
 from peft_cli.core.errors import UserError
-from peft_cli.methods.base import Method, SharedResource, default_decays
+from peft_cli.methods.base import Method, SharedResource, default_decays, slug
 from peft_cli.methods.pafi.store import (
     MaskBuild,
     build_for_config,
@@ -72,9 +72,11 @@ class PaFi(Method):
         if mask.scope == "per_tensor":
             tag += "-pt"
         if mask.exclude:  # readable name for the common ablation, e.g. -xembeddings
-            tag += "-x" + "-".join(re.sub(r"[^A-Za-z0-9]+", "", p) for p in mask.exclude)
+            tag += "-x" + slug(mask.exclude)
         if list(mask.include) != [".*"]:
             tag += f"-i{variant(mask)}"
+        if mask.strategy == "fisher" and mask.fisher_samples != MaskConfig.fisher_samples:
+            tag += f"-n{mask.fisher_samples}"
         if cfg.dtype != "fp32":
             tag += f"-{cfg.dtype}"
         return tag
@@ -154,7 +156,12 @@ class PaFi(Method):
         else:
             indices = self._shared_mask(model)
         expected = getattr(self, "_expected_digest", None)
-        if expected is not None and digest(indices) != expected:
+        if expected is None:  # without it, values could land on another mask with the same k
+            raise UserError(
+                "the PaFi artifact's header has no mask_digest, so it cannot be checked against the mask it "
+                "was trained with; retrain the run (peftx train ... --overwrite)"
+            )
+        if digest(indices) != expected:
             raise UserError(
                 "the shared mask found now differs from the one this artifact was trained with "
                 "(mask_digest mismatch); point mask.path at the original mask file"

@@ -1,8 +1,9 @@
 """The launcher protocol: what `peftx sweep` asks of every launcher.
 
 launcher = make_launcher(raw, results_dir, sweep)   # settings from conf/launcher/NAME.yaml
-launcher.status(runs)   -> {run folder: note}       runs this launcher already has in flight
-                                                      (queued or running elsewhere): not started again
+launcher.status(runs)   -> {run folder: Status}     what only the launcher knows: runs in flight
+                                                      ("running": not started again) and runs that
+                                                      ended badly under it ("failed", with why)
 launcher.plan(todo)     -> [line, ...]              --dry-run: what launch() would do
 launcher.launch(todo, skipped, console) -> Launched  run or submit the pending runs
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from peft_cli.sweep.grid import Run
+    from peft_cli.sweep.grid import Run, Status
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Launched(NamedTuple):
     handed them to a scheduler that runs them later (SLURM)."""
 
     outcomes: list[Outcome] | None
+    stopped_by: int | None = None  # the signal that stopped the sweep early (SIGINT: Ctrl-C), if any
 
 
 class Launcher(Protocol):
@@ -42,8 +44,9 @@ class Launcher(Protocol):
 
     def __init__(self, settings: Any, results_dir: str, sweep: str) -> None: ...
 
-    def status(self, runs: list["Run"]) -> dict[Path, str]:
-        """Run folders this launcher already has in flight, with a note (e.g. "job 12_3")."""
+    def status(self, runs: list["Run"]) -> dict[Path, "Status"]:
+        """Runs whose status the launcher knows better than their folders do: in flight ("running",
+        e.g. "queued as job 12_3") or ended without saying so ("failed", e.g. "SLURM OUT_OF_MEMORY")."""
         ...
 
     def plan(self, todo: list["Run"]) -> list[str]:

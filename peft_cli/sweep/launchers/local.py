@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
 from peft_cli.core.signals import stop_on_signals
+from peft_cli.run import checkpoint
 from peft_cli.run.identity import config_hash
 from peft_cli.run.record import read_result
+from peft_cli.sweep.grid import Status, status_of
 from peft_cli.sweep.launchers.base import Launched, Outcome
 from peft_cli.sweep.launchers.view import SweepView
 
@@ -53,19 +55,22 @@ class LocalLauncher:
     def __init__(self, settings: LocalSettings, results_dir: str, sweep: str) -> None:
         self.s, self.sweep = settings, sweep
 
-    def status(self, runs: list["Run"]) -> dict[Path, str]:
-        return {}  # nothing of ours outlives a sweep process
+    def status(self, runs: list["Run"]) -> dict[Path, Status]:
+        return {}  # a live child holds its run's lock, which the folders already tell
 
     def plan(self, todo: list["Run"]) -> list[str]:
         return []  # the run list says it all
 
     def launch(self, todo: list["Run"], skipped: int, console: "Console") -> Launched:
-        return Launched(run_local(self.sweep, todo, skipped, self.s, console) if todo else [])
+        if not todo:
+            return Launched([])
+        return run_local(self.sweep, todo, skipped, self.s, console)
 
 
 def train_command(run: "Run") -> list[str]:
     """`peftx train` for one run, through this interpreter (works in any venv, no PATH needed)."""
-    return [sys.executable, "-m", "peft_cli.cli", "train", *run.overrides, "train.progress=false"]
+    extra = ["--overwrite"] if run.overwrite else []
+    return [sys.executable, "-m", "peft_cli.cli", "train", *extra, *run.overrides, "train.progress=false"]
 
 
 def worker_env(slot: int, workers: int, base: dict[str, str]) -> dict[str, str]:
@@ -87,28 +92,40 @@ def worker_env(slot: int, workers: int, base: dict[str, str]) -> dict[str, str]:
 
 
 def start(run: "Run", env: dict[str, str]) -> subprocess.Popen:
-    """Start `peftx train` for `run` as a child process; its output goes to the run's train.log."""
+    """Start `peftx train` for `run` as a child process; its output goes to the run's train.log.
+    The child gets its own session: a terminal's Ctrl-C reaches the sweep alone, which tells the
+    children (once: checkpoint and stop; twice: stop at once)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     with open(run.folder / "train.log", "ab") as log:
         log.write(f"$ peftx train {' '.join(run.overrides)}\n".encode())
         log.flush()
         return subprocess.Popen(
-            train_command(run), env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            train_command(run),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
 
-def outcome_of(run: "Run", rc: int, seconds: float, stopping: bool = False) -> Outcome:
-    """Read what the child left: result.json decides, the exit status and train.log explain.
-    `stopping`: the sweep was asked to stop, so a child killed by our SIGTERM (e.g. still importing,
-    before the run's handler was installed) is cancelled, not failed."""
+def outcome_of(run: "Run", rc: int, seconds: float) -> Outcome:
+    """Read what the child left: result.json decides, the exit status and train.log explain."""
     r = read_result(run.folder / "result.json")
     mine = r is not None and r["config_hash"] == config_hash(run.cfg)
     if rc == 0 and mine and r["status"] == "completed":
         return Outcome(run, "completed", seconds, f"score {r['score']:.2f}")
+    if rc == 3:  # Busy: another live process trains this folder
+        return Outcome(
+            run, "skipped", seconds, f"being trained by another process: {_last_line(run.folder / 'train.log')}"
+        )
     if mine and r["status"] == "cancelled":
-        return Outcome(run, "cancelled", seconds, "checkpointed; rerun the sweep to resume")
-    if stopping and rc in (-signal.SIGTERM, -signal.SIGINT):
-        return Outcome(run, "cancelled", seconds, "stopped before training started; rerun the sweep")
+        step = checkpoint.saved_step(run.folder, r["config_hash"])
+        if step is not None:
+            return Outcome(run, "cancelled", seconds, f"checkpointed at step {step}; rerun the sweep to resume")
+        return Outcome(run, "cancelled", seconds, "stopped before its first checkpoint; rerun the sweep to restart it")
+    if rc in (-signal.SIGTERM, -signal.SIGINT, 130):
+        return Outcome(run, "cancelled", seconds, "stopped before training started; rerun the sweep to start it")
     if mine and r["status"] == "failed" and r.get("error"):
         return Outcome(run, "failed", seconds, r["error"])
     if rc < 0:
@@ -127,8 +144,20 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, console: "Console") -> list[Outcome]:
-    """Run `runs` (all pending) with `s.workers` at a time; returns one Outcome per run."""
+def _done_elsewhere(run: "Run") -> Outcome | None:
+    """A run another process completed or is training since the sweep listed it: not started."""
+    now = status_of(run.folder, config_hash(run.cfg))
+    if now.status == "completed" and not run.overwrite:
+        return Outcome(run, "completed", 0.0, "completed by another process")
+    if now.status == "running":
+        return Outcome(run, "skipped", 0.0, now.note)
+    return None
+
+
+def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, console: "Console") -> Launched:
+    """Run `runs` (all pending) with `s.workers` at a time; one Outcome per run that started.
+    A stop signal (Ctrl-C, TERM, USR1) stops launching and is passed on to the running children,
+    which checkpoint and stop; a second Ctrl-C is passed on too, and they stop at once."""
     queue = list(runs)
     active: dict[int, tuple["Run", subprocess.Popen, float]] = {}  # worker slot -> run
     outcomes: list[Outcome] = []
@@ -138,34 +167,46 @@ def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, cons
         try:
             while queue or active:
                 for slot in range(s.workers):
-                    if slot not in active and queue and not stop.is_set():
+                    while slot not in active and queue and not stop.is_set():
                         run = queue.pop(0)
-                        active[slot] = (run, start(run, worker_env(slot, s.workers, base)), time.time())
                         view.start(run)
-                for slot, (run, proc, t0) in list(active.items()):
-                    rc = proc.poll()
-                    if rc is not None:
-                        del active[slot]
-                        out = outcome_of(run, rc, time.time() - t0, stop.is_set())
-                        view.finish(run, out.status, out.detail)
-                        outcomes.append(out)
+                        early = _done_elsewhere(run)
+                        if early is not None:
+                            view.finish(run, early.status, early.detail)
+                            outcomes.append(early)
+                            continue
+                        active[slot] = (run, start(run, worker_env(slot, s.workers, base)), time.time())
+                outcomes += _reap(active, view)
                 if stop.is_set() and not forwarded:
-                    forwarded = _forward(active, signal.SIGTERM, console)
+                    forwarded = _forward(active, stop.signum or signal.SIGTERM, console)
                     queue.clear()
                 time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            # The terminal's Ctrl-C reached the children too (same process group); make sure, then wait.
-            _forward(active, signal.SIGTERM, console)
-            for run, proc, t0 in active.values():
+        except KeyboardInterrupt:  # the second Ctrl-C: the children stop at once too
+            _forward(active, signal.SIGINT, console, again=True)
+            for _, proc, _ in active.values():
                 proc.wait()
-                out = outcome_of(run, proc.returncode, time.time() - t0, stopping=True)
-                view.finish(run, out.status, out.detail)
+            outcomes += _reap(active, view)
             raise
-    return outcomes
+    return Launched(outcomes, stop.signum)
 
 
-def _forward(active: dict, sig: int, console: "Console") -> bool:
-    console.print(f"stopping: {len(active)} running run(s) checkpoint and stop; rerun the sweep to resume them")
+def _reap(active: dict, view: SweepView) -> list[Outcome]:
+    """Outcomes of the children that have exited (removed from `active`)."""
+    done = []
+    for slot, (run, proc, t0) in list(active.items()):
+        rc = proc.poll()
+        if rc is not None:
+            del active[slot]
+            out = outcome_of(run, rc, time.time() - t0)
+            view.finish(run, out.status, out.detail)
+            done.append(out)
+    return done
+
+
+def _forward(active: dict, sig: int, console: "Console", again: bool = False) -> bool:
+    if active:
+        what = "stop now" if again else "checkpoint and stop"
+        console.print(f"stopping: {len(active)} running run(s) {what} ({signal.Signals(sig).name})")
     for _, proc, _ in active.values():
         if proc.poll() is None:
             proc.send_signal(sig)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import shlex
 import subprocess
 import time
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from peft_cli.core.compose import conf_dir
 from peft_cli.core.errors import UserError
 from peft_cli.core.files import write_json, write_text
+from peft_cli.run.record import read_result
+from peft_cli.sweep.grid import Status
 from peft_cli.sweep.launchers.base import Launched
 
 if TYPE_CHECKING:
@@ -70,9 +73,17 @@ class SlurmLauncher:
     def __init__(self, settings: SlurmSettings, results_dir: str, sweep: str) -> None:
         self.s, self.results_dir, self.sweep = settings, results_dir, sweep
 
-    def status(self, runs: list["Run"]) -> dict[Path, str]:
-        found = queued(self.results_dir, self.sweep, self.s)
-        return {f: f"job {job}" for f, job in found.items()}
+    def status(self, runs: list["Run"]) -> dict[Path, Status]:
+        out = {
+            f: Status("running", f"queued as job {job}")
+            for f, job in queued(self.results_dir, self.sweep, self.s).items()
+        }
+        for run in runs:
+            if run.folder not in out and run.status == "pending":
+                ended = ended_badly(run.folder, self.s)
+                if ended is not None:
+                    out[run.folder] = Status("failed", ended)
+        return out
 
     def plan(self, todo: list["Run"]) -> list[str]:
         if not todo:
@@ -84,6 +95,7 @@ class SlurmLauncher:
         if not todo:
             console.print("nothing to submit")
             return Launched(None)
+        test_only(self.sweep, len(todo), self.results_dir, self.s)
         job, cmd = submit(self.sweep, todo, self.results_dir, self.s)
         logs = slurm_dir(self.results_dir, self.sweep)
         console.print(f"submitted job array {job} ({len(todo)} tasks): {' '.join(cmd)}")
@@ -96,19 +108,68 @@ class SlurmLauncher:
 
 
 def script_path(s: SlurmSettings) -> Path:
-    """The sbatch script to submit (launcher.script, or the one shipped with peftx)."""
-    path = Path(s.script).expanduser() if s.script else conf_dir().parent / "scripts" / "slurm" / "sweep.sbatch"
-    if not path.is_file():
-        raise UserError(
-            f"launcher.script: {path} not found; set launcher.script=/path/to/sweep.sbatch "
-            f"(it is scripts/slurm/sweep.sbatch in the peftx repository)"
-        )
-    return path.resolve()
+    """The sbatch script to submit: launcher.script, else the copy shipped inside the package (a
+    wheel install: peft_cli/slurm/sweep.sbatch), else scripts/slurm/sweep.sbatch of a checkout."""
+    if s.script:
+        candidates = [Path(s.script).expanduser()]
+    else:
+        package = Path(__file__).resolve().parents[2]  # peft_cli/
+        candidates = [package / "slurm" / "sweep.sbatch", conf_dir().parent / "scripts" / "slurm" / "sweep.sbatch"]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise UserError(
+        f"launcher.script: {candidates[0]} not found; set launcher.script=/path/to/sweep.sbatch "
+        f"(it is scripts/slurm/sweep.sbatch in the peftx repository)"
+    )
 
 
 def manifest_line(run: "Run", s: SlurmSettings) -> str:
     """One run's line in the manifest: a `peftx train` command."""
-    return f"{s.peftx} train {shlex.join([*run.overrides, 'train.progress=false'])}"
+    extra = ["--overwrite"] if run.overwrite else []
+    return f"{s.peftx} train {shlex.join([*extra, *run.overrides, 'train.progress=false'])}"
+
+
+# SLURM job states (sacct / scontrol) of a job that ended without completing its run
+DEAD = ("OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "CANCELLED", "FAILED", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def ended_badly(folder: Path, s: SlurmSettings) -> str | None:
+    """For a run whose result.json still says "running" under a SLURM job that is gone: mark it
+    failed with the job's state (OUT_OF_MEMORY, NODE_FAIL, TIMEOUT, ...) and return that error."""
+    r = read_result(folder / "result.json")
+    job = (r or {}).get("where", {}).get("slurm_job_id")
+    if r is None or r["status"] != "running" or not job:
+        return None
+    state = job_state(str(job), s)
+    if state is None or not state.startswith(DEAD):
+        return None
+    where = r["where"]
+    array = f"{where['slurm_array_job_id']}_{where['slurm_array_task_id']}" if "slurm_array_job_id" in where else job
+    error = f"SLURM job {array} ended {state} on {where.get('slurm_node', where.get('host'))}"
+    write_json(folder / "result.json", {**r, "status": "failed", "error": error})
+    return error
+
+
+def job_state(job: str, s: SlurmSettings) -> str | None:
+    """The state of SLURM job `job` ("OUT_OF_MEMORY", "CANCELLED by 0", "RUNNING", ...): from sacct,
+    or from scontrol where accounting is off (it knows recent jobs only); None if neither knows."""
+    bindir = s.sbatch.removesuffix("sbatch")
+    sacct = _run([bindir + "sacct", "-n", "-P", "-X", "-j", job, "-o", "State"])
+    if sacct:
+        return sacct.splitlines()[0].strip() or None
+    shown = _run([bindir + "scontrol", "show", "job", job])
+    found = re.search(r"JobState=(\S+)", shown or "")
+    return found.group(1) if found else None
+
+
+def _run(cmd: list[str]) -> str | None:
+    """stdout of a SLURM query, or None when it fails (no accounting, unknown job, no SLURM)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def sbatch_command(s: SlurmSettings, sweep: str, n: int, manifest: Path, setup: Path | None, logs: Path) -> list[str]:
@@ -175,6 +236,30 @@ def queued(results_dir: str | Path, sweep: str, s: SlurmSettings) -> dict[Path, 
             if (str(rec["job_id"]), str(i)) in live:
                 found[Path(folder)] = f"{rec['job_id']}_{i}"
     return found
+
+
+def test_only(sweep: str, n: int, results_dir: str | Path, s: SlurmSettings) -> None:
+    """`sbatch --test-only` with the array's options: UserError with SLURM's reason when the request
+    can never run (no such partition, more CPUs or memory than any node has, ...). Submits nothing."""
+    logs = slurm_dir(results_dir, sweep)
+    manifest = logs / "manifest-test-only.txt"  # never written: sbatch only reads the script
+    cmd = sbatch_command(s, sweep, n, manifest, None, logs)
+    cmd[1] = "--test-only"  # in place of --parsable
+    cmd.insert(-1, str(script_path(s)))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise UserError(
+            f"launcher=slurm: '{s.sbatch}' not found; submit from a SLURM login node "
+            f"(or set launcher.sbatch=/path/to/sbatch)"
+        ) from None
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        reason = lines[-1] if lines else f"exit {proc.returncode}"
+        raise UserError(
+            f"SLURM would never run this array ({reason}; sbatch --test-only); check "
+            f"launcher.partition/cpus_per_task={s.cpus_per_task}/mem/gres/time against `sinfo`"
+        )
 
 
 class Submission(NamedTuple):

@@ -50,7 +50,7 @@ class SweepView:
         self.started = time.time()
         self.running: dict[Path, tuple["Run", float]] = {}  # folder -> (run, start time)
         self.durations: list[float] = []
-        self.done = self.failed = 0
+        self.done = self.failed = self.other = 0  # other: cancelled, or skipped (trained elsewhere)
         self._live = None
 
     def __enter__(self) -> "SweepView":
@@ -73,10 +73,12 @@ class SweepView:
         self.durations.append(seconds)
         if status == "completed":
             self.done += 1
-        else:
+        elif status == "failed":
             self.failed += 1
+        else:
+            self.other += 1
         colour = {"completed": "green", "failed": "red"}.get(status, "yellow")
-        n = self.done + self.failed
+        n = self.done + self.failed + self.other
         self.console.print(
             f"[{n}/{self.total}] [{colour}]{status:9}[/] {run.label}  {detail}  ({_clock(seconds)})", highlight=False
         )
@@ -84,7 +86,7 @@ class SweepView:
 
     @property
     def left(self) -> int:
-        return self.total - self.done - self.failed - len(self.running)
+        return self.total - self.done - self.failed - self.other - len(self.running)
 
     def eta(self) -> float | None:
         """Mean run time so far x the work left, spread over the workers."""
@@ -98,7 +100,9 @@ class SweepView:
     def summary_line(self) -> str:
         eta = self.eta()
         return (
-            f"done {self.done} · running {len(self.running)} · failed {self.failed} · skipped {self.skipped} · "
+            f"done {self.done} · running {len(self.running)} · failed {self.failed} · "
+            + (f"stopped {self.other} · " if self.other else "")
+            + f"skipped {self.skipped} · "
             f"left {self.left} · elapsed {_clock(time.time() - self.started)} · "
             f"ETA {_clock(eta) if eta is not None else '?'}"
         )
@@ -111,8 +115,8 @@ class SweepView:
         head = Table.grid(padding=(0, 1))
         head.add_row(
             f"[bold]sweep {self.name}[/]",
-            ProgressBar(total=max(1, self.total), completed=self.done + self.failed, width=30),
-            f"{self.done + self.failed}/{self.total}",
+            ProgressBar(total=max(1, self.total), completed=self.done + self.failed + self.other, width=30),
+            f"{self.done + self.failed + self.other}/{self.total}",
             self.summary_line(),
         )
         rows = Table.grid(padding=(0, 2))
