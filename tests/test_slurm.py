@@ -405,7 +405,8 @@ def test_a_task_killed_for_memory_is_failed_with_the_reason_then_retried(cluster
     """A task that outgrows --mem is killed by SLURM without warning; its result.json still says
     running. The sweep asks sacct, reports it failed (OUT_OF_MEMORY), and --retry-failed completes it.
     The memory goes to a process the task's setup starts once training runs (a leak, as far as SLURM
-    can tell: the job's cgroup holds both); it is exempt from the OOM killer, so peftx is the one killed."""
+    can tell: the job's cgroup holds both); it is exempt from the OOM killer and pauses peftx first,
+    so peftx is the one killed, mid-run, however fast the machine trains."""
     if not _accounting():
         pytest.skip("SLURM accounting (slurmdbd) is off: sacct cannot answer")
     res = tmp_path / "res"
@@ -414,6 +415,8 @@ def test_a_task_killed_for_memory_is_failed_with_the_reason_then_retried(cluster
     hog = tmp_path / "hog.sh"
     hog.write_text(
         f"while ! grep -qs loss {run.folder}/log.jsonl; do sleep 0.2; done\n"
+        # stop peftx first, so a fast machine cannot finish the run before the memory runs out
+        "pkill -STOP -f 'peft.*train'\n"
         "echo -1000 > /proc/self/oom_score_adj\n"
         f"exec {sys.executable} -c 'x = bytearray(1200 << 20); import time; time.sleep(300)'\n"
     )
