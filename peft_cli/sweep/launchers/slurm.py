@@ -127,7 +127,7 @@ def script_path(s: SlurmSettings) -> Path:
 def manifest_line(run: "Run", s: SlurmSettings) -> str:
     """One run's line in the manifest: a `peftx train` command."""
     extra = ["--overwrite"] if run.overwrite else []
-    return f"{s.peftx} train {shlex.join([*extra, *run.overrides, 'train.progress=false'])}"
+    return f"{s.peftx} train {shlex.join([*extra, *run.overrides])}"
 
 
 # SLURM job states (sacct / scontrol) of a job that ended without completing its run
