@@ -38,6 +38,7 @@ class Progress:
         self.bar = _bar(enabled and not self.plain)
         self.task = self.bar.add_task(label, total=total, completed=start, info="")
         self.mark = (start, time.monotonic())  # (step, time) of the last plain line: examples/s since then
+        self.origin = self.mark  # ETA from the mean rate since this process started training (steadier)
 
     def __enter__(self) -> "Progress":
         self.bar.__enter__()
@@ -58,11 +59,17 @@ class Progress:
             _say(f"{self.label}  validation after epoch {epoch} (step {step}/{self.total}): {scores}")
 
     def _line(self, step: int, loss: float) -> None:
-        (step0, t0), now = self.mark, time.monotonic()
-        rate = (step - step0) * self.batch_size / max(now - t0, 1e-9)  # training examples/s since the last line
-        eta = (self.total - step) * self.batch_size / rate if rate > 0 else 0.0
+        now = time.monotonic()
+        rate = _rate(self.mark, step, now) * self.batch_size  # training examples/s since the last line
+        mean = _rate(self.origin, step, now)  # steps/s since the start (validations included)
+        eta = (self.total - step) / mean if mean > 0 else 0.0
         self.mark = (step, now)
         _say(f"{self.label}  step {step}/{self.total}  loss {loss:.4f}  {rate:.1f} examples/s  ETA {_hms(eta)}")
+
+
+def _rate(mark: tuple[int, float], step: int, now: float) -> float:
+    """Steps per second from `mark` (step, time) to (step, now)."""
+    return (step - mark[0]) / max(now - mark[1], 1e-9)
 
 
 def _say(line: str) -> None:
