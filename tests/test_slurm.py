@@ -408,7 +408,7 @@ def test_a_task_killed_for_memory_is_failed_with_the_reason_then_retried(cluster
     if not _accounting():
         pytest.skip("SLURM accounting (slurmdbd) is off: sacct cannot answer")
     res = tmp_path / "res"
-    one = ["sweep.tasks=[rte]", "sweep.methods=[bitfit]", "train.max_steps=2000", "train.log_every=1"]
+    one = ["sweep.tasks=[rte]", "sweep.methods=[bitfit]", "train.max_steps=300", "train.log_every=1"]
     [run] = _runs(_smoke(tiny_glue, res, *one))
     hog = tmp_path / "hog.sh"
     hog.write_text(
