@@ -8,6 +8,7 @@ The real subprocess path runs in test_resume.py's kill -9 test."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -132,6 +133,55 @@ def test_grid_counts_order_and_precedence(tiny_glue, tmp_path):
     # seeds after the first two are copied from the first composition: they must equal a fresh one
     for r in runs:
         assert r.cfg.to_dict() == compose(r.overrides).to_dict()
+
+
+def test_grid_points_are_runs_of_their_own(tiny_glue, tmp_path):
+    sweep = sweep_config(
+        {
+            "name": "g",
+            "experiment": "smoke",
+            "tasks": ["rte"],
+            "methods": [
+                {"method": "full", "grid": {"train.lr": [1e-5, 3e-3]}},
+                {"method": "bitfit", "overrides": ["train.weight_decay=0.1"], "grid": {"train.warmup_ratio": [0.0]}},
+            ],
+            "grid": {"train.weight_decay": [0.0, 0.02], "train.warmup_ratio": [0.1, 0.2]},
+            "seeds": [1, 2],
+            "overrides": [f"data.glue_dir={tiny_glue}"],
+        }
+    )
+    runs = expand(sweep, [f"results.dir={tmp_path}"])
+    # full: 2 lrs x 2 wd x 2 warmups; bitfit: its warmup list replaces the sweep's, its fixed wd beats
+    # the sweep-wide wd grid (both points compose to one run), so 1 point; x 2 seeds
+    assert len(runs) == (8 + 1) * 2 and len({r.folder for r in runs}) == len(runs)
+    full = [r for r in runs if r.cfg.method["name"] == "full" and r.cfg.seed == 1]
+    assert {(r.cfg.train.lr, r.cfg.train.weight_decay, r.cfg.train.warmup_ratio) for r in full} == {
+        (lr, wd, wu) for lr in (1e-5, 3e-3) for wd in (0.0, 0.02) for wu in (0.1, 0.2)
+    }
+    assert all(r.cfg.setting["train.lr"] in (1e-5, 3e-3) for r in full)
+    assert any(r.folder.parent.parent.name == "full-lr1e-05-wu0.1-wd0.0" for r in full)
+    bitfit = [r for r in runs if r.cfg.method["name"] == "bitfit"]
+    assert {(r.cfg.train.weight_decay, r.cfg.train.warmup_ratio) for r in bitfit} == {(0.1, 0.0)}
+    assert all(r.stage == "" for r in runs)
+    # the user's command line still wins over a grid: its points collapse into one run
+    assert (
+        len(expand(sweep, [f"results.dir={tmp_path}", "train.lr=0.1", "train.weight_decay=0", "train.warmup_ratio=0"]))
+        == 2 * 2
+    )
+    # a true duplicate is refused: two entries, two configs, one folder (method.lr is not in the folder name)
+    clash = dataclasses.replace(sweep, grid={}, methods=[MethodEntry("full", grid={"method.lr": [0.1, 0.2]})])
+    with pytest.raises(UserError, match="share the folder"):
+        expand(clash, [f"results.dir={tmp_path}"])
+    with pytest.raises(UserError, match="sweep.methods\\[0\\].grid.train.lr"):
+        sweep_config(
+            {
+                "name": "x",
+                "experiment": "smoke",
+                "tasks": ["rte"],
+                "methods": [{"method": "full", "grid": {"train.lr": []}}],
+                "seeds": [1],
+            }
+        )
 
 
 def test_merge_overrides_last_of_each_key_wins():
