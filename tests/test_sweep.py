@@ -395,3 +395,46 @@ def test_worker_env_is_the_childs():
     assert local.worker_env(0, 1, base) == base  # one worker: untouched
     assert [local.worker_env(i, 2, base)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
     assert base["CUDA_VISIBLE_DEVICES"] == "3,5" and dict(os.environ) == before
+
+
+# --------------------------------------------------------------------------------------------
+# two stages
+
+
+def two_stage(glue, res) -> list[str]:
+    """RTE x full at two learning rates; search seed 1, final seeds 2 and 3."""
+    return [
+        "sweep=smoke",
+        f"data.glue_dir={glue}",
+        f"results.dir={res}",
+        "sweep.tasks=[rte]",
+        "sweep.methods=[{method:full,grid:{train.lr:[0.001,0.1]}}]",
+        "~sweep.seeds",
+        "+sweep.seeds={search:[1],final:[2,3]}",
+    ]
+
+
+def test_two_stage_sweep_runs_search_then_selected_final_once(tiny_glue, tmp_path, launched, capsys):
+    from peft_cli.selection.rule import choose
+
+    args = two_stage(tiny_glue, tmp_path)
+    assert run_sweep(args, dry_run=True) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines[1:-1]] == ["pending", "pending", "waiting", "waiting"]
+    assert [ln.split()[3] for ln in lines[1:-1]] == ["1", "1", "2", "3"]
+    assert "2 waiting for the search stage" in lines[-1] and "would run 2" in lines[-1]
+
+    assert run_sweep(args) == 0  # one command: the search stage, then the final stage
+    seeds = [next(o for o in run if o.startswith("seed=")) for run in launched]
+    assert seeds == ["seed=1", "seed=1", "seed=2", "seed=3"]
+    search = [r for _, r in results.iter_results(tmp_path) if r["seed"] == 1]
+    chosen = choose(search, "accuracy").setting["train.lr"]
+    finals = [r for _, r in results.iter_results(tmp_path) if r["seed"] != 1]
+    assert sorted(r["seed"] for r in finals) == [2, 3] and {r["setting"]["train.lr"] for r in finals} == {chosen}
+
+    launched.clear()
+    capsys.readouterr()
+    assert run_sweep(args) == 0 and launched == []  # idempotent
+    assert run_sweep(args, dry_run=True) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in out[1:-1]] == ["completed"] * 4 and "would run 0" in out[-1]
