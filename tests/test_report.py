@@ -253,7 +253,7 @@ def test_latex_booktabs(results):
 def test_report_files_plot_and_determinism(results):
     paths = report_from_config(cfg(results, references=["roberta_base_lora"]))
     names = sorted(p.name for p in paths)
-    assert names == ["tiny.csv", "tiny.md", "tiny.pdf", "tiny.png", "tiny.tex"]
+    assert names == ["tiny.csv", "tiny.md", "tiny.pdf", "tiny.png", "tiny.seeds.csv", "tiny.settings.csv", "tiny.tex"]
     assert all(p.parent == results / "tables" for p in paths)
     png = (results / "tables" / "tiny.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
