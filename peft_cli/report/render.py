@@ -333,6 +333,8 @@ _TEX = {
     "^": r"\textasciicircum{}",
     DAGGER: r"$^\dagger$",
     DASH: "--",
+    "±": r"$\pm$",
+    "–": "--",
 }
 
 
