@@ -408,9 +408,7 @@ def test_stat_mean_spread_and_display_names(results):
     assert "| BitFit | 72.00 ± 2.00 | 80.00 ± 1.00 | 52.50† ± 3.54 | 62.25† ± 3.18 |" in md  # seeds 1, 2: Avgs 60, 64.5
     assert "| LoRA r=8 | — | — | 62.00 ± 1.00 |" in md
     assert r"82.00 $\pm$ 2.00" in to_latex(t)
-    assert "full,measured" in to_csv(t).replace("Full FT", "full") and ",bitfit," in to_csv(
-        t
-    )  # the tag stays in the CSV
+    assert "Full FT,measured,m,full,holdout" in to_csv(t)  # the tag stays in the CSV
     minmax = to_markdown(
         build_table("tiny", runs, counts, [], options=ReportOptions(spread="minmax", show_spread=True))
     )

@@ -431,6 +431,12 @@ def test_two_stage_sweep_runs_search_then_selected_final_once(tiny_glue, tmp_pat
     chosen = choose(search, "accuracy").setting["train.lr"]
     finals = [r for _, r in results.iter_results(tmp_path) if r["seed"] != 1]
     assert sorted(r["seed"] for r in finals) == [2, 3] and {r["setting"]["train.lr"] for r in finals} == {chosen}
+    # the report applies the same rule: its cell is the chosen setting over the final seeds
+    from peft_cli.report.build import build_table, collect
+
+    table = build_table("smoke", *collect(tmp_path, "smoke/*/*/*/*"), [])
+    assert [c.setting for c in table.choices.values()] == [{"train.lr": chosen}]
+    assert table.rows[0].cells[("rte", "accuracy")].n == 2 and table.rows[0].chosen == {"rte": {"train.lr": chosen}}
 
     launched.clear()
     capsys.readouterr()
