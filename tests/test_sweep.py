@@ -19,7 +19,15 @@ from peft_cli.core.compose import compose
 from peft_cli.core.errors import UserError
 from peft_cli.run import record as results
 from peft_cli.run.identity import config_hash
-from peft_cli.sweep.grid import MethodEntry, SweepConfig, TaskEntry, expand, merge_overrides, sweep_config
+from peft_cli.sweep.grid import (
+    MethodEntry,
+    SweepConfig,
+    TaskEntry,
+    expand,
+    grid_points,
+    merge_overrides,
+    sweep_config,
+)
 from peft_cli.sweep.launchers import local
 from peft_cli.sweep.runner import run_sweep
 
@@ -219,19 +227,33 @@ def _shipped() -> list[str]:
 
 
 def test_shipped_sweeps_exist():
-    assert {"quickstart", "cpu_minilm", "paper_base", "paper_large", "pafi_embeddings", "smoke"} <= set(_shipped())
+    shipped = set(_shipped())
+    assert {
+        "quickstart",
+        "cpu_minilm",
+        "cpu_minilm_grid",
+        "gpu_minilm",
+        "paper_base",
+        "paper_large",
+        "smoke",
+    } <= shipped
+    assert "pafi_embeddings" in shipped
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow if n.startswith("paper") or n == "cpu_minilm" else ()) for n in _shipped()],
+    [
+        pytest.param(n, marks=pytest.mark.slow if n.startswith(("paper", "cpu_minilm", "gpu_minilm")) else ())
+        for n in _shipped()
+    ],
 )
 def test_shipped_sweep_expands(name, tmp_path):
     """Every run of every conf/sweep/*.yaml composes and validates (exit 2 would be a shipped bug)
     and has a folder of its own. The paper grids compose ~100 runs each: slow."""
     runs = expand(sweep_config(_root(name)["sweep"]), [f"sweep={name}", f"results.dir={tmp_path}"])
     sweep = sweep_config(_root(name)["sweep"])
-    assert len(runs) == len(sweep.tasks) * len(sweep.methods) * len(sweep.seeds)
+    points = sum(len(grid_points(sweep, m)) for m in sweep.methods)
+    assert len(runs) == len(sweep.tasks) * points * len(sweep.all_seeds)  # final seeds at every point, before selection
     assert len({r.folder for r in runs}) == len(runs)
 
 
