@@ -71,12 +71,12 @@ def cells(table: Table, row: Row) -> list[str]:
             out.append(DASH)
             continue
         mark = DAGGER if table.marked(row, cell) else ""
-        out.append(f"{cell.center(table.stat):.2f}" + mark + ("" if row.published else spread_text(table, cell.values)))
+        out.append(f"{cell.center(table.stat):.2f}" + ("" if row.published else spread_text(table, cell.values)) + mark)
     if row.avg is None:
         out.append(DASH)
     else:
         mark = DAGGER if table.avg_marked(row) else ""
-        out.append(f"{row.avg:.2f}" + mark + ("" if row.published else spread_text(table, row.avg_values)))
+        out.append(f"{row.avg:.2f}" + ("" if row.published else spread_text(table, row.avg_values)) + mark)
     out += [fmt_pct(row.trainable_pct), fmt_pct(row.stored_pct), fmt_bytes(row.bytes_per_task)]
     return out
 
