@@ -443,3 +443,13 @@ def test_report_runs_writes_under_its_own_name(results):
         report_config(cfg(results, name="../x"))
     with pytest.raises(UserError, match="report.stat"):
         report_config(cfg(results, stat="mode"))
+
+
+def test_cli_report_options(cli, tmp_path):
+    results = write_runs(tmp_path / "res", experiment="default")
+    args = ["report", f"results.dir={results}", "experiment=default", "report.stat=mean", "report.show_spread=true"]
+    r = cli(*args, "report.display_names=true", "report.runs=default/*/*/rte/*")
+    assert r.exit_code == 0, r.output
+    md = (results / "tables" / "default-default_rte.md").read_text()
+    assert "| Full FT | 65.00 ± 5.00 |" in md and not (results / "tables" / "default.md").exists()
+    assert cli(*args, "report.stat=mode").exit_code == 2
