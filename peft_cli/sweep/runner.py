@@ -52,8 +52,8 @@ def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = 
     while True:
         runs = staged.runs
         console.print(
-            f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs, staged.waiting)}; "
-            f"{len(todo)} to run ({launcher.name})"
+            f"sweep [bold]{sweep.name}[/]{': final stage' if attempted else ''}: {len(runs)} runs; "
+            f"{_counts(runs, staged.waiting)}; {len(todo)} to run ({launcher.name})"
         )
         if todo:
             preflight(todo, console)
