@@ -291,22 +291,26 @@ def test_cli_report(cli, tmp_path):
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 
 
-@pytest.mark.skipif(not (COMMITTED / "runs" / "cpu_minilm").is_dir(), reason="no committed cpu_minilm runs")
-def test_committed_cpu_minilm_tables_rebuild(cli, tmp_path):
-    """`peftx report experiment=cpu_minilm` over the committed result.json files gives the committed
-    tables byte for byte (the plot is left out: its bytes depend on the matplotlib version)."""
+@pytest.mark.parametrize("experiment", ["cpu_minilm", "cpu_minilm_grid"])
+def test_committed_tables_rebuild(cli, tmp_path, experiment):
+    """`peftx report experiment=NAME` over the committed result.json files gives the committed
+    tables byte for byte (the plot is left out: its bytes depend on the matplotlib version). The
+    first reproduction (cpu_minilm) committed md, csv and tex only."""
     import shutil
 
+    if not (COMMITTED / "runs" / experiment).is_dir():
+        pytest.skip(f"no committed {experiment} runs")
     shutil.copytree(
-        COMMITTED / "runs" / "cpu_minilm",
-        tmp_path / "runs" / "cpu_minilm",
+        COMMITTED / "runs" / experiment,
+        tmp_path / "runs" / experiment,
         ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.log"),
     )
-    r = cli("report", "experiment=cpu_minilm", f"results.dir={tmp_path}")
+    r = cli("report", f"experiment={experiment}", f"results.dir={tmp_path}")
     assert r.exit_code == 0, r.output
-    for ext in ("md", "csv", "tex"):
-        rebuilt = (tmp_path / "tables" / f"cpu_minilm.{ext}").read_bytes()
-        assert rebuilt == (COMMITTED / "tables" / f"cpu_minilm.{ext}").read_bytes(), ext
+    for ext in ("md", "csv", "tex", "settings.csv", "seeds.csv"):
+        committed = COMMITTED / "tables" / f"{experiment}.{ext}"
+        if ext in ("md", "csv", "tex") or committed.exists():
+            assert (tmp_path / "tables" / f"{experiment}.{ext}").read_bytes() == committed.read_bytes(), ext
 
 
 def test_plot_labels_at_one_point_do_not_overlap(tmp_path):
