@@ -216,6 +216,18 @@ def test_sweep_file_shorthand_and_errors():
         sweep_config(None)
     with pytest.raises(UserError, match="sweep.seeds"):
         sweep_config({"name": "x", "experiment": "smoke", "tasks": ["rte"], "methods": ["full"], "seeds": []})
+    base = {"name": "x", "experiment": "smoke", "tasks": ["rte"], "methods": ["full"]}
+    staged = sweep_config({**base, "seeds": {"search": [0], "final": [1, 0, 2]}})
+    assert staged.two_stage and staged.search_seeds == [0] and staged.all_seeds == [0, 1, 2]
+    for seeds, message in (
+        ({"search": [0], "final": []}, "sweep.seeds.final' is empty"),
+        ({"search": [0]}, "sweep.seeds.final' is missing"),
+        ({"search": [0], "finale": [1]}, "sweep.seeds.finale"),
+        ("1,2", "give a list"),
+        ([1, "a"], "sweep.seeds"),
+    ):
+        with pytest.raises(UserError, match=message):
+            sweep_config({**base, "seeds": seeds})
     with pytest.raises(UserError, match="sweep.taks"):
         sweep_config({"name": "x", "experiment": "smoke", "taks": ["rte"], "methods": ["full"], "seeds": [1]})
 
