@@ -1,7 +1,7 @@
 """The package's shape: imports point only down the layer chain, there is no import cycle, and the
 harness never names a method or a launcher (they are plug-ins reached through registries).
 
-    core -> data, models -> methods -> run -> sweep, report -> cli
+    core -> data, models -> methods -> run -> selection -> sweep, report -> cli
 
 Every import counts: module level, inside functions, and under TYPE_CHECKING.
 """
@@ -16,7 +16,18 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "peft_cli"
 
 # top-level part of a module name -> its layer; a module may import only lower layers or its own part
-LAYERS = {"__init__": 0, "core": 0, "data": 1, "models": 1, "methods": 2, "run": 3, "sweep": 4, "report": 4, "cli": 5}
+LAYERS = {
+    "__init__": 0,
+    "core": 0,
+    "data": 1,
+    "models": 1,
+    "methods": 2,
+    "run": 3,
+    "selection": 4,
+    "sweep": 5,
+    "report": 5,
+    "cli": 6,
+}
 
 
 def _modules() -> dict[str, Path]:

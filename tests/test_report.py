@@ -253,7 +253,7 @@ def test_latex_booktabs(results):
 def test_report_files_plot_and_determinism(results):
     paths = report_from_config(cfg(results, references=["roberta_base_lora"]))
     names = sorted(p.name for p in paths)
-    assert names == ["tiny.csv", "tiny.md", "tiny.pdf", "tiny.png", "tiny.tex"]
+    assert names == ["tiny.csv", "tiny.md", "tiny.pdf", "tiny.png", "tiny.seeds.csv", "tiny.settings.csv", "tiny.tex"]
     assert all(p.parent == results / "tables" for p in paths)
     png = (results / "tables" / "tiny.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
@@ -291,22 +291,26 @@ def test_cli_report(cli, tmp_path):
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 
 
-@pytest.mark.skipif(not (COMMITTED / "runs" / "cpu_minilm").is_dir(), reason="no committed cpu_minilm runs")
-def test_committed_cpu_minilm_tables_rebuild(cli, tmp_path):
-    """`peftx report experiment=cpu_minilm` over the committed result.json files gives the committed
-    tables byte for byte (the plot is left out: its bytes depend on the matplotlib version)."""
+@pytest.mark.parametrize("experiment", ["cpu_minilm", "cpu_minilm_grid"])
+def test_committed_tables_rebuild(cli, tmp_path, experiment):
+    """`peftx report experiment=NAME` over the committed result.json files gives the committed
+    tables byte for byte (the plot is left out: its bytes depend on the matplotlib version). The
+    first reproduction (cpu_minilm) committed md, csv and tex only."""
     import shutil
 
+    if not (COMMITTED / "runs" / experiment).is_dir():
+        pytest.skip(f"no committed {experiment} runs")
     shutil.copytree(
-        COMMITTED / "runs" / "cpu_minilm",
-        tmp_path / "runs" / "cpu_minilm",
+        COMMITTED / "runs" / experiment,
+        tmp_path / "runs" / experiment,
         ignore=shutil.ignore_patterns("*.safetensors", "checkpoint", "*.log"),
     )
-    r = cli("report", "experiment=cpu_minilm", f"results.dir={tmp_path}")
+    r = cli("report", f"experiment={experiment}", f"results.dir={tmp_path}")
     assert r.exit_code == 0, r.output
-    for ext in ("md", "csv", "tex"):
-        rebuilt = (tmp_path / "tables" / f"cpu_minilm.{ext}").read_bytes()
-        assert rebuilt == (COMMITTED / "tables" / f"cpu_minilm.{ext}").read_bytes(), ext
+    for ext in ("md", "csv", "tex", "settings.csv", "seeds.csv"):
+        committed = COMMITTED / "tables" / f"{experiment}.{ext}"
+        if ext in ("md", "csv", "tex") or committed.exists():
+            assert (tmp_path / "tables" / f"{experiment}.{ext}").read_bytes() == committed.read_bytes(), ext
 
 
 def test_plot_labels_at_one_point_do_not_overlap(tmp_path):
@@ -323,3 +327,133 @@ def test_plot_labels_at_one_point_do_not_overlap(tmp_path):
     assert len(ys) == 3 and all(b - a >= LABEL_GAP - 0.01 for a, b in itertools.pairwise(ys))
     order = sorted(pos, key=pos.get)
     assert order == ["pafi-largest", "pafi-smallest", "pafi-random"]  # stacked in score order (69.9, 70.0, 70.1)
+
+
+# --------------------------------------------------------------------------------------------
+# grids: selection on validation, settings and per-seed CSVs, report options
+
+
+def write_grid_run(root: Path, tag: str, lr: float, seed: int, val: float, test: float, task: str = "rte") -> Path:
+    """A run of a grid point: its setting (train.lr) names its folder, validation and test accuracy."""
+    d = write_result(root, f"{tag}-lr{lr!r}", task, seed, {"accuracy": test}, trainable=10, stored=10, nbytes=100)
+    r = json.loads((d / "result.json").read_text())
+    r.update(method_tag=tag, setting={"train.lr": lr}, run_tag=f"{tag}-lr{lr!r}")
+    r["metrics"]["validation"] = {"accuracy": val}
+    (d / "result.json").write_text(json.dumps(r))
+    return d
+
+
+def grid_results(root: Path) -> Path:
+    """bitfit on RTE, two-stage: search seed 0 at lr 0.1 (val 0.70) and 0.01 (val 0.60, but the
+    better test score); final seeds 1-3 at 0.1 only. lora-r8: a one-stage grid, seeds 1-2."""
+    write_grid_run(root, "bitfit", 0.1, 0, val=0.70, test=0.50)
+    write_grid_run(root, "bitfit", 0.01, 0, val=0.60, test=0.90)
+    for seed, test in ((1, 0.61), (2, 0.63), (3, 0.65)):
+        write_grid_run(root, "bitfit", 0.1, seed, val=0.1, test=test)
+    for lr, vals in ((0.001, (0.5, 0.6)), (0.002, (0.7, 0.7))):
+        for seed, val in zip((1, 2), vals, strict=True):
+            write_grid_run(root, "lora-r8", lr, seed, val=val, test=val - 0.1)
+    return root
+
+
+def test_grid_cells_use_the_setting_selected_on_validation(tmp_path):
+    t = table_of(grid_results(tmp_path))
+    rows = {r.method_tag: r for r in t.rows}
+    assert rows["bitfit"].cells[("rte", "accuracy")].values == pytest.approx([61.0, 63.0, 65.0])  # final seeds
+    assert rows["lora-r8"].cells[("rte", "accuracy")].values == pytest.approx([60.0, 60.0])  # lr 0.002, both seeds
+    assert rows["bitfit"].chosen == {"rte": {"train.lr": 0.1}} and t.selected
+    md = to_markdown(t)
+    assert "best median validation score" in md and "Test scores play no part" in md
+    assert "Chosen settings (all settings in the .settings.csv file): bitfit: RTE lr 0.1; lora-r8: RTE lr 0.002." in md
+    # every test metric changed: the same settings are chosen
+    for p in tmp_path.glob("runs/**/result.json"):
+        r = json.loads(p.read_text())
+        r["metrics"]["test"]["accuracy"] = 1.0 - r["metrics"]["test"]["accuracy"]
+        r["score"] = 100 * r["metrics"]["test"]["accuracy"]
+        p.write_text(json.dumps(r))
+    again = table_of(tmp_path)
+    assert {r.method_tag: r.chosen for r in again.rows} == {r.method_tag: r.chosen for r in t.rows}
+    assert again.choices == t.choices
+
+
+def test_settings_and_seeds_csv(tmp_path):
+    from peft_cli.report.render import to_seeds_csv, to_settings_csv
+
+    t = table_of(grid_results(tmp_path))
+    settings = list(csv.DictReader(io.StringIO(to_settings_csv(t))))
+    assert [(s["method_tag"], s["setting"], s["chosen"], s["n"]) for s in settings] == [
+        ("bitfit", '{"train.lr": 0.01}', "0", "1"),
+        ("bitfit", '{"train.lr": 0.1}', "1", "4"),
+        ("lora-r8", '{"train.lr": 0.001}', "0", "2"),
+        ("lora-r8", '{"train.lr": 0.002}', "1", "2"),
+    ]
+    chosen = settings[1]
+    assert chosen["seeds"] == "0 1 2 3" and chosen["selection_seeds"] == "0"
+    assert float(chosen["selection_validation_median"]) == pytest.approx(70.0)
+    assert float(chosen["test_median"]) == pytest.approx(62.0)  # all four seeds: 50, 61, 63, 65
+    assert float(settings[2]["validation_median"]) == pytest.approx(55.0) and settings[2]["validation_std"]
+    seeds = list(csv.DictReader(io.StringIO(to_seeds_csv(t))))
+    assert len(seeds) == 9 * 2  # every run, validation and test accuracy
+    reported = {(s["method_tag"], s["setting"], s["seed"]) for s in seeds if s["reported"] == "1"}
+    assert reported == {("bitfit", '{"train.lr": 0.1}', s) for s in "123"} | {
+        ("lora-r8", '{"train.lr": 0.002}', s) for s in "12"
+    }
+
+
+def test_stat_mean_spread_and_display_names(results):
+    from peft_cli.report.build import ReportOptions
+
+    runs, counts = collect(results, "tiny/*/*/*/*")
+    opts = ReportOptions(stat="mean", show_spread=True, display_names=True, names={"lora-r8": "LoRA r=8"})
+    t = build_table("tiny", runs, counts, [], options=opts)
+    md = to_markdown(t)
+    assert "GLUE test scores in %, mean ± sample std over seeds" in md
+    assert "| Full FT | 82.00 ± 2.00 | 86.33 ± 1.53 | 65.00 ± 5.00 | 73.50 ± 3.12 |" in md
+    assert "| BitFit | 72.00 ± 2.00 | 80.00 ± 1.00 | 52.50 ± 3.54† | 62.25 ± 3.18† |" in md  # seeds 1, 2: Avgs 60, 64.5
+    assert "| LoRA r=8 | — | — | 62.00 ± 1.00 |" in md
+    assert r"82.00 $\pm$ 2.00" in to_latex(t)
+    assert "Full FT,measured,m,full,holdout" in to_csv(t)  # the tag stays in the CSV
+    minmax = to_markdown(
+        build_table("tiny", runs, counts, [], options=ReportOptions(spread="minmax", show_spread=True))
+    )
+    assert "| full | 82.00 (80.00–84.00) |" in minmax and "median (min–max) over seeds" in minmax
+
+
+def test_error_bars_in_the_plot(results):
+    from peft_cli.report.build import ReportOptions
+    from peft_cli.report.plot import error_bar, figure
+
+    runs, counts = collect(results, "tiny/*/*/*/*")
+    plain = build_table("tiny", runs, counts, [])
+    assert all(error_bar(plain, r) is None for r in plain.rows)
+    t = build_table("tiny", runs, counts, [], options=ReportOptions(show_spread=True))
+    full = next(r for r in t.rows if r.method_tag == "full")
+    assert full.avg_values == pytest.approx([70.0, 76.0, 74.5])  # per seed: (rte + mrpc acc) / 2
+    sd = statistics.stdev(full.avg_values)
+    assert error_bar(t, full) == pytest.approx((sd, sd))
+    ax = figure(t).axes[0]
+    assert len(ax.containers) == 2  # full and bitfit (lora has no Avg)
+
+
+def test_report_runs_writes_under_its_own_name(results):
+    report_from_config(cfg(results))
+    whole = (results / "tables" / "tiny.md").read_text()
+    paths = report_from_config(cfg(results, runs="tiny/*/*/rte/*"))
+    assert paths[0] == results / "tables" / "tiny-tiny_rte.md"
+    assert (results / "tables" / "tiny.md").read_text() == whole  # the experiment's full table is untouched
+    named = report_from_config(cfg(results, runs="tiny/*/*/rte/*", name="rte_only"))
+    assert named[0] == results / "tables" / "rte_only.md"
+    with pytest.raises(UserError, match="report.name"):
+        report_config(cfg(results, name="../x"))
+    with pytest.raises(UserError, match="report.stat"):
+        report_config(cfg(results, stat="mode"))
+
+
+def test_cli_report_options(cli, tmp_path):
+    results = write_runs(tmp_path / "res", experiment="default")
+    args = ["report", f"results.dir={results}", "experiment=default", "report.stat=mean", "report.show_spread=true"]
+    r = cli(*args, "report.display_names=true", "report.runs=default/*/*/rte/*")
+    assert r.exit_code == 0, r.output
+    md = (results / "tables" / "default-default_rte.md").read_text()
+    assert "| Full FT | 65.00 ± 5.00 |" in md and not (results / "tables" / "default.md").exists()
+    assert cli(*args, "report.stat=mode").exit_code == 2

@@ -8,6 +8,7 @@ The real subprocess path runs in test_resume.py's kill -9 test."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -18,7 +19,15 @@ from peft_cli.core.compose import compose
 from peft_cli.core.errors import UserError
 from peft_cli.run import record as results
 from peft_cli.run.identity import config_hash
-from peft_cli.sweep.grid import MethodEntry, SweepConfig, TaskEntry, expand, merge_overrides, sweep_config
+from peft_cli.sweep.grid import (
+    MethodEntry,
+    SweepConfig,
+    TaskEntry,
+    expand,
+    grid_points,
+    merge_overrides,
+    sweep_config,
+)
 from peft_cli.sweep.launchers import local
 from peft_cli.sweep.runner import run_sweep
 
@@ -134,6 +143,55 @@ def test_grid_counts_order_and_precedence(tiny_glue, tmp_path):
         assert r.cfg.to_dict() == compose(r.overrides).to_dict()
 
 
+def test_grid_points_are_runs_of_their_own(tiny_glue, tmp_path):
+    sweep = sweep_config(
+        {
+            "name": "g",
+            "experiment": "smoke",
+            "tasks": ["rte"],
+            "methods": [
+                {"method": "full", "grid": {"train.lr": [1e-5, 3e-3]}},
+                {"method": "bitfit", "overrides": ["train.weight_decay=0.1"], "grid": {"train.warmup_ratio": [0.0]}},
+            ],
+            "grid": {"train.weight_decay": [0.0, 0.02], "train.warmup_ratio": [0.1, 0.2]},
+            "seeds": [1, 2],
+            "overrides": [f"data.glue_dir={tiny_glue}"],
+        }
+    )
+    runs = expand(sweep, [f"results.dir={tmp_path}"])
+    # full: 2 lrs x 2 wd x 2 warmups; bitfit: its warmup list replaces the sweep's, its fixed wd beats
+    # the sweep-wide wd grid (both points compose to one run), so 1 point; x 2 seeds
+    assert len(runs) == (8 + 1) * 2 and len({r.folder for r in runs}) == len(runs)
+    full = [r for r in runs if r.cfg.method["name"] == "full" and r.cfg.seed == 1]
+    assert {(r.cfg.train.lr, r.cfg.train.weight_decay, r.cfg.train.warmup_ratio) for r in full} == {
+        (lr, wd, wu) for lr in (1e-5, 3e-3) for wd in (0.0, 0.02) for wu in (0.1, 0.2)
+    }
+    assert all(r.cfg.setting["train.lr"] in (1e-5, 3e-3) for r in full)
+    assert any(r.folder.parent.parent.name == "full-lr1e-05-wu0.1-wd0.0" for r in full)
+    bitfit = [r for r in runs if r.cfg.method["name"] == "bitfit"]
+    assert {(r.cfg.train.weight_decay, r.cfg.train.warmup_ratio) for r in bitfit} == {(0.1, 0.0)}
+    assert all(r.stage == "" for r in runs)
+    # the user's command line still wins over a grid: its points collapse into one run
+    assert (
+        len(expand(sweep, [f"results.dir={tmp_path}", "train.lr=0.1", "train.weight_decay=0", "train.warmup_ratio=0"]))
+        == 2 * 2
+    )
+    # a true duplicate is refused: two entries, two configs, one folder (method.lr is not in the folder name)
+    clash = dataclasses.replace(sweep, grid={}, methods=[MethodEntry("full", grid={"method.lr": [0.1, 0.2]})])
+    with pytest.raises(UserError, match="share the folder"):
+        expand(clash, [f"results.dir={tmp_path}"])
+    with pytest.raises(UserError, match="sweep.methods\\[0\\].grid.train.lr"):
+        sweep_config(
+            {
+                "name": "x",
+                "experiment": "smoke",
+                "tasks": ["rte"],
+                "methods": [{"method": "full", "grid": {"train.lr": []}}],
+                "seeds": [1],
+            }
+        )
+
+
 def test_merge_overrides_last_of_each_key_wins():
     assert merge_overrides(["a=1", "+b=2", "task=rte"], ["b=3", "c=4"], ["task=mrpc"]) == [
         "a=1",
@@ -158,6 +216,18 @@ def test_sweep_file_shorthand_and_errors():
         sweep_config(None)
     with pytest.raises(UserError, match="sweep.seeds"):
         sweep_config({"name": "x", "experiment": "smoke", "tasks": ["rte"], "methods": ["full"], "seeds": []})
+    base = {"name": "x", "experiment": "smoke", "tasks": ["rte"], "methods": ["full"]}
+    staged = sweep_config({**base, "seeds": {"search": [0], "final": [1, 0, 2]}})
+    assert staged.two_stage and staged.search_seeds == [0] and staged.all_seeds == [0, 1, 2]
+    for seeds, message in (
+        ({"search": [0], "final": []}, "sweep.seeds.final' is empty"),
+        ({"search": [0]}, "sweep.seeds.final' is missing"),
+        ({"search": [0], "finale": [1]}, "sweep.seeds.finale"),
+        ("1,2", "give a list"),
+        ([1, "a"], "sweep.seeds"),
+    ):
+        with pytest.raises(UserError, match=message):
+            sweep_config({**base, "seeds": seeds})
     with pytest.raises(UserError, match="sweep.taks"):
         sweep_config({"name": "x", "experiment": "smoke", "taks": ["rte"], "methods": ["full"], "seeds": [1]})
 
@@ -169,19 +239,33 @@ def _shipped() -> list[str]:
 
 
 def test_shipped_sweeps_exist():
-    assert {"quickstart", "cpu_minilm", "paper_base", "paper_large", "pafi_embeddings", "smoke"} <= set(_shipped())
+    shipped = set(_shipped())
+    assert {
+        "quickstart",
+        "cpu_minilm",
+        "cpu_minilm_grid",
+        "gpu_minilm",
+        "paper_base",
+        "paper_large",
+        "smoke",
+    } <= shipped
+    assert "pafi_embeddings" in shipped
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.slow if n.startswith("paper") or n == "cpu_minilm" else ()) for n in _shipped()],
+    [
+        pytest.param(n, marks=pytest.mark.slow if n.startswith(("paper", "cpu_minilm", "gpu_minilm")) else ())
+        for n in _shipped()
+    ],
 )
 def test_shipped_sweep_expands(name, tmp_path):
     """Every run of every conf/sweep/*.yaml composes and validates (exit 2 would be a shipped bug)
     and has a folder of its own. The paper grids compose ~100 runs each: slow."""
     runs = expand(sweep_config(_root(name)["sweep"]), [f"sweep={name}", f"results.dir={tmp_path}"])
     sweep = sweep_config(_root(name)["sweep"])
-    assert len(runs) == len(sweep.tasks) * len(sweep.methods) * len(sweep.seeds)
+    points = sum(len(grid_points(sweep, m)) for m in sweep.methods)
+    assert len(runs) == len(sweep.tasks) * points * len(sweep.all_seeds)  # final seeds at every point, before selection
     assert len({r.folder for r in runs}) == len(runs)
 
 
@@ -346,3 +430,52 @@ def test_worker_env_is_the_childs():
     assert local.worker_env(0, 1, base) == base  # one worker: untouched
     assert [local.worker_env(i, 2, base)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
     assert base["CUDA_VISIBLE_DEVICES"] == "3,5" and dict(os.environ) == before
+
+
+# --------------------------------------------------------------------------------------------
+# two stages
+
+
+def two_stage(glue, res) -> list[str]:
+    """RTE x full at two learning rates; search seed 1, final seeds 2 and 3."""
+    return [
+        "sweep=smoke",
+        f"data.glue_dir={glue}",
+        f"results.dir={res}",
+        "sweep.tasks=[rte]",
+        "sweep.methods=[{method:full,grid:{train.lr:[0.001,0.1]}}]",
+        "~sweep.seeds",
+        "+sweep.seeds={search:[1],final:[2,3]}",
+    ]
+
+
+def test_two_stage_sweep_runs_search_then_selected_final_once(tiny_glue, tmp_path, launched, capsys):
+    from peft_cli.selection.rule import choose
+
+    args = two_stage(tiny_glue, tmp_path)
+    assert run_sweep(args, dry_run=True) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines[1:-1]] == ["pending", "pending", "waiting", "waiting"]
+    assert [ln.split()[3] for ln in lines[1:-1]] == ["1", "1", "2", "3"]
+    assert "2 waiting for the search stage" in lines[-1] and "would run 2" in lines[-1]
+
+    assert run_sweep(args) == 0  # one command: the search stage, then the final stage
+    seeds = [next(o for o in run if o.startswith("seed=")) for run in launched]
+    assert seeds == ["seed=1", "seed=1", "seed=2", "seed=3"]
+    search = [r for _, r in results.iter_results(tmp_path) if r["seed"] == 1]
+    chosen = choose(search, "accuracy").setting["train.lr"]
+    finals = [r for _, r in results.iter_results(tmp_path) if r["seed"] != 1]
+    assert sorted(r["seed"] for r in finals) == [2, 3] and {r["setting"]["train.lr"] for r in finals} == {chosen}
+    # the report applies the same rule: its cell is the chosen setting over the final seeds
+    from peft_cli.report.build import build_table, collect
+
+    table = build_table("smoke", *collect(tmp_path, "smoke/*/*/*/*"), [])
+    assert [c.setting for c in table.choices.values()] == [{"train.lr": chosen}]
+    assert table.rows[0].cells[("rte", "accuracy")].n == 2 and table.rows[0].chosen == {"rte": {"train.lr": chosen}}
+
+    launched.clear()
+    capsys.readouterr()
+    assert run_sweep(args) == 0 and launched == []  # idempotent
+    assert run_sweep(args, dry_run=True) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in out[1:-1]] == ["completed"] * 4 and "would run 0" in out[-1]

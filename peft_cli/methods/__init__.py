@@ -27,7 +27,8 @@ REGISTRY: dict[str, str] = {
 }
 
 # keys of conf/method/*.yaml that belong to the harness, not to the method's own schema
-HARNESS_KEYS = ("name", "lr")
+# (display_name: the report's row label; neither it nor name enters the method's dataclass)
+HARNESS_KEYS = ("name", "lr", "display_name")
 
 
 def method_class(name: str) -> type[Method]:

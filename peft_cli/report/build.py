@@ -1,11 +1,17 @@
 """Completed result.json files -> a report `Table` (table.py). The numbers, precisely:
 
-- A cell is the median over seeds of one test metric, in percent (`statistics.median`: the middle
-  value for odd n, the mean of the two middle values for even n). The CSV keeps n and the spread
-  (sample std, or min and max). A cell with fewer seeds than the largest n in the table is marked †.
-- Avg = the mean, over the table's tasks, of the row's per-task median of `score` (the task's
-  headline metric). A row that lacks any of the table's tasks has no Avg ("—"); it is never an
-  average over fewer tasks. Avg is marked † when one of its medians is.
+- A row is one (model, method_tag, protocol). Where its runs of a task hold several settings (a
+  grid), the cell is the setting that selection on validation chose (selection/rule.py: best median
+  validation headline over the seeds every setting ran), over its reported seeds; every setting is
+  listed in <name>.settings.csv and every run in <name>.seeds.csv.
+- A cell is the median (report.stat=mean: the mean) over seeds of one test metric, in percent
+  (`statistics.median`: the middle value for odd n, the mean of the two middle values for even n).
+  The CSV keeps n and the spread (sample std, or min and max); report.show_spread=true prints it in
+  the Markdown and LaTeX cells too. A cell with fewer seeds than the largest n in the table is marked †.
+- Avg = the mean, over the table's tasks, of the row's per-task median (or mean) of `score` (the
+  task's headline metric). A row that lacks any of the table's tasks has no Avg ("—"); it is never
+  an average over fewer tasks. Avg is marked † when one of its medians is. Its spread is that of
+  the per-seed Avgs (seeds present in every task of the row).
 - % trainable / % stored = median over the row's runs of params.trainable / params.backbone and
   params.stored / params.backbone, x100 (the task head is excluded from both). Size/task = median
   over the row's runs of `stored_bytes` (one task's artifact on disk, head included).
@@ -15,6 +21,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,9 +34,11 @@ from peft_cli.core.errors import UserError
 from peft_cli.report.reference import Reference
 from peft_cli.report.table import Cell, Column, Row, Table
 from peft_cli.run.record import STATUSES, read_result
+from peft_cli.selection.rule import Choice, canon, group_of, select, setting_of
 
 GLUE_ORDER = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")  # tasks not listed go last
 SPREADS = ("std", "minmax")
+STATS = ("median", "mean")
 
 # --------------------------------------------------------------------------------------------
 # config
@@ -42,6 +51,11 @@ class ReportOptions:
     runs: str | None = None  # glob under results/runs; None = "<experiment>/*/*/*/*"
     spread: str = "std"  # std | minmax (the CSV's spread columns)
     references: list[str] = field(default_factory=list)  # conf/reference/NAME.yaml (or paths)
+    stat: str = "median"  # median | mean: the statistic over seeds in every cell and in Avg
+    show_spread: bool = False  # "± std" (or "(min–max)") in the Markdown/LaTeX cells, error bars in the plot
+    display_names: bool = False  # row labels from conf/method/*.yaml `display_name` instead of the tag
+    names: dict[str, str] = field(default_factory=dict)  # method_tag or method name -> row label
+    name: str | None = None  # output file stem; None = the experiment (with report.runs: experiment-<glob>)
 
 
 @dataclass
@@ -58,12 +72,25 @@ class ReportConfig:
     def tables_dir(self) -> Path:
         return Path(self.results.dir) / "tables"
 
+    @property
+    def stem(self) -> str:
+        """Output file name without suffix: a narrowed report never overwrites the experiment's table."""
+        if self.report.name:
+            return self.report.name
+        if self.report.runs is None:
+            return self.experiment
+        return f"{self.experiment}-" + (re.sub(r"[^A-Za-z0-9]+", "_", self.report.runs).strip("_") or "runs")
+
 
 def report_config(cfg: dict[str, Any]) -> ReportConfig:
     """The composed plain dict (compose_dict) -> ReportConfig, strictly."""
     rc = from_dict(ReportConfig, {k: cfg.get(k, {}) for k in ("experiment", "results", "report")}, "")
     if rc.report.spread not in SPREADS:
         raise UserError(f"config key 'report.spread' is {rc.report.spread!r}; choose one of: {', '.join(SPREADS)}")
+    if rc.report.stat not in STATS:
+        raise UserError(f"config key 'report.stat' is {rc.report.stat!r}; choose one of: {', '.join(STATS)}")
+    if rc.report.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", rc.report.name):
+        raise UserError(f"config key 'report.name' is {rc.report.name!r}; give a file name stem such as cpu_rte")
     if rc.report.runs is not None and (rc.report.runs.startswith("/") or ".." in Path(rc.report.runs).parts):
         raise UserError(
             f"config key 'report.runs' is {rc.report.runs!r}; give a glob under results/runs, e.g. cpu_minilm/*/*/rte/*"
@@ -159,27 +186,85 @@ def _pct(runs: list[dict[str, Any]], key: str) -> float | None:
     return _median([100.0 * r["params"][key] / r["params"]["backbone"] for r in runs])
 
 
-def _avg(scores: dict[str, Cell], tasks: list[TaskConfig]) -> float | None:
+def _avg(scores: dict[str, Cell], tasks: list[TaskConfig], stat: str = "median") -> float | None:
     if not tasks or any(t.name not in scores for t in tasks):
         return None
-    return statistics.fmean(scores[t.name].median for t in tasks)
+    return statistics.fmean(scores[t.name].center(stat) for t in tasks)
 
 
-def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[Row]:
-    """One row per (model, method_tag, protocol); model/protocol join the label only when the
-    table has several."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+def _seed_avgs(rs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[float]:
+    """Per-seed Avg over the table's tasks, for the seeds every task of the row has (the Avg's spread)."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for r in rs:
+        by_seed.setdefault(int(r["seed"]), {})[r["task"]] = float(r["score"])
+    names = [t.name for t in tasks]
+    return [statistics.fmean(v[n] for n in names) for _, v in sorted(by_seed.items()) if names and set(names) <= set(v)]
+
+
+# --------------------------------------------------------------------------------------------
+# selection and labels
+
+
+def chosen_runs(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> tuple[list[dict[str, Any]], dict[Any, Choice]]:
+    """The runs the table reports (each cell's chosen setting, its reported seeds) and every
+    group's Choice. Two completed runs of one group, setting and seed are an error."""
     seen: dict[tuple, str] = {}
     for r in runs:
-        key = (r["model"], r["method_tag"], r.get("protocol", "unknown"))
-        run = (*key, r["task"], r["seed"])
+        run = (*group_of(r), canon(setting_of(r)), r["seed"])
         if run in seen:
+            where = "/".join(map(str, (*group_of(r), r["seed"])))
             raise UserError(
-                f"two completed runs of {'/'.join(map(str, run))}: {seen[run]} and {r['_dir']}; "
-                "narrow report.runs to one experiment"
+                f"two completed runs of {where}: {seen[run]} and {r['_dir']}; narrow report.runs to one experiment"
             )
         seen[run] = r["_dir"]
-        groups.setdefault(key, []).append(r)
+    choices = select(runs, {t.name: t.headline for t in tasks})
+    kept = [
+        r
+        for r in runs
+        if canon(setting_of(r)) == canon((c := choices[group_of(r)]).setting) and r["seed"] in c.reported_seeds
+    ]
+    return kept, choices
+
+
+def display_name(method: str) -> str | None:
+    """`display_name` of conf/method/<method>.yaml, if it has one."""
+    import yaml
+
+    path = conf_dir() / "method" / f"{method}.yaml"
+    if not path.is_file():
+        return None
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("display_name")
+
+
+def row_label(tag: str, method: str, options: ReportOptions) -> str:
+    """A row's label: report.names[tag], else (report.display_names, or report.names[method]) the
+    method's display name with the tag's variant in parentheses (`PaFi (smallest-d0.005)`), else the tag."""
+    if tag in options.names:
+        return options.names[tag]
+    if not options.display_names and method not in options.names:
+        return tag
+    name = options.names.get(method) or display_name(method) or method
+    rest = tag[len(method) :].lstrip("-") if tag.startswith(method) else tag
+    return f"{name} ({rest})" if rest else name
+
+
+# --------------------------------------------------------------------------------------------
+# rows
+
+
+def measured_rows(
+    runs: list[dict[str, Any]],
+    tasks: list[TaskConfig],
+    options: ReportOptions | None = None,
+    choices: dict[Any, Choice] | None = None,
+) -> list[Row]:
+    """One row per (model, method_tag, protocol) from the reported runs (chosen_runs); model/protocol
+    join the label only when the table has several."""
+    options = options or ReportOptions()
+    choices = choices or {}
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["model"], r["method_tag"], r.get("protocol", "unknown")), []).append(r)
     several_models = len({k[0] for k in groups}) > 1
     several_protocols = len({k[2] for k in groups}) > 1
     rows = []
@@ -200,7 +285,13 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
             for t in tasks
             if any(r["task"] == t.name for r in rs)
         }
-        label = tag + (f" ({model})" if several_models else "") + (f" [{protocol}]" if several_protocols else "")
+        chosen = {
+            t: c.setting
+            for (g_model, g_tag, g_protocol, t), c in choices.items()
+            if (g_model, g_tag, g_protocol) == (model, tag, protocol) and c.compared
+        }
+        label = row_label(tag, rs[0].get("method", tag), options)
+        label += (f" ({model})" if several_models else "") + (f" [{protocol}]" if several_protocols else "")
         rows.append(
             Row(
                 label=label,
@@ -210,7 +301,7 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
                 protocol=protocol,
                 cells=cells,
                 scores=scores,
-                avg=_avg(scores, tasks),
+                avg=_avg(scores, tasks, options.stat),
                 trainable_pct=_pct(rs, "trainable"),
                 stored_pct=_pct(rs, "stored"),
                 bytes_per_task=_median([float(r["stored_bytes"]) for r in rs]),
@@ -219,6 +310,8 @@ def measured_rows(runs: list[dict[str, Any]], tasks: list[TaskConfig]) -> list[R
                     for t in tasks
                     if t.name in scores
                 },
+                chosen=chosen,
+                avg_values=_seed_avgs(rs, tasks),
             )
         )
     # paper order: the most stored first (full fine-tuning), ties by tag
@@ -258,21 +351,34 @@ def _ref_pct(n: int | None, ref: Reference) -> float | None:
 
 
 def build_table(
-    experiment: str, runs: list[dict[str, Any]], counts: dict[str, int], refs: list[Reference], spread: str = "std"
+    experiment: str,
+    runs: list[dict[str, Any]],
+    counts: dict[str, int],
+    refs: list[Reference],
+    spread: str = "std",
+    options: ReportOptions | None = None,
 ) -> Table:
     """The table from completed results and reference files. Columns: the tasks of the measured
     runs (the references' tasks when nothing was measured), in GLUE order."""
+    options = options or ReportOptions(spread=spread)
     names = {r["task"] for r in runs} or {t for ref in refs for rr in ref.rows for t in rr.scores}
     tasks = [load_task(n) for n in order_tasks(names)]
+    kept, choices = chosen_runs(runs, tasks)
+    rows = measured_rows(kept, tasks, options, choices)
     return Table(
         experiment=experiment,
         columns=columns_for(tasks),
         tasks=tasks,
-        rows=measured_rows(runs, tasks),
+        rows=rows,
         references=reference_rows(refs, tasks),
         counts=counts,
         protocols=dict(sorted(Counter(r.get("protocol", "unknown") for r in runs).items())),
         models=sorted({r["model"] for r in runs}),
         sources=refs,
-        spread=spread,
+        spread=options.spread,
+        stat=options.stat,
+        show_spread=options.show_spread,
+        runs=runs,
+        choices=choices,
+        labels={(r.model, r.method_tag, r.protocol): r.label for r in rows},
     )

@@ -1,7 +1,7 @@
 """`peftx report`: the paper-style table (methods x GLUE tasks) from completed result.json files.
 
 Reads only results/runs/<report.runs>/result.json and conf/ (task metadata, reference rows); writes
-results/tables/<experiment>.{md,csv,tex,png,pdf} (build.py says what every number is).
+results/tables/<experiment>.{md,csv,tex,settings.csv,seeds.csv,png,pdf} (build.py says what every number is).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def report_from_config(cfg: dict[str, Any], show: bool = False) -> list[Path]:
             f"no completed result.json under {Path(rc.results.dir) / 'runs' / rc.pattern} ({skipped}); "
             "check experiment=, results.dir= or report.runs="
         )
-    table = build_table(rc.experiment, runs, counts, refs, rc.report.spread)
-    stem = rc.tables_dir / rc.experiment
+    table = build_table(rc.experiment, runs, counts, refs, options=rc.report)
+    stem = rc.tables_dir / rc.stem
     paths = write_tables(table, stem) + write_plot(table, stem)
     if show:
         from peft_cli.report.render import print_table

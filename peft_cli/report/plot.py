@@ -8,6 +8,7 @@ reruns write identical bytes."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from peft_cli.core.files import atomic_path
@@ -29,6 +30,18 @@ def areas(rows: list[Row]) -> list[float]:
     logs = [math.log(max(r.bytes_per_task or 1.0, 1.0)) for r in rows]
     lo, hi = min(logs, default=0.0), max(logs, default=0.0)
     return [AREA[0] + (AREA[1] - AREA[0]) * ((v - lo) / (hi - lo) if hi > lo else 0.5) for v in logs]
+
+
+def error_bar(table: Table, row: Row) -> tuple[float, float] | None:
+    """(below, above) the Avg: ± the sample std of the row's per-seed Avgs, or down to their min and
+    up to their max (report.spread=minmax); None without report.show_spread or with < 2 seeds."""
+    vals = row.avg_values
+    if not table.show_spread or len(vals) < 2 or row.avg is None:
+        return None
+    if table.spread == "std":
+        sd = statistics.stdev(vals)
+        return (sd, sd)
+    return (max(row.avg - min(vals), 0.0), max(max(vals) - row.avg, 0.0))
 
 
 def figure(table: Table):
@@ -55,6 +68,18 @@ def figure(table: Table):
             linewidths=0.5,
             zorder=3,
         )
+        bar = error_bar(table, row)
+        if bar is not None:
+            ax.errorbar(
+                [row.stored_pct],
+                [row.avg],
+                yerr=[[bar[0]], [bar[1]]],
+                fmt="none",
+                ecolor="0.3",
+                elinewidth=0.8,
+                capsize=3,
+                zorder=2,
+            )
         labels.append((row, row.label, area, {}))
     for row in published:
         ax.scatter(
@@ -78,8 +103,12 @@ def figure(table: Table):
     ax.set_title(f"{table.experiment}: Avg vs stored fraction", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     left_out = [r.label for r in table.rows if r not in measured]
-    note = "marker area ~ log(bytes stored per task); hollow: published" + (
-        f"\nnot drawn (no Avg): {', '.join(left_out)}" if left_out else ""
+    bars = any(error_bar(table, r) for r in measured)
+    spread = "± sample std" if table.spread == "std" else "min–max"
+    note = (
+        "marker area ~ log(bytes stored per task); hollow: published"
+        + (f"\nerror bars: {spread} of the per-seed Avgs" if bars else "")
+        + (f"\nnot drawn (no Avg): {', '.join(left_out)}" if left_out else "")
     )
     ax.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.4", transform=ax.transAxes)
     fig.tight_layout()

@@ -8,11 +8,13 @@ import csv
 import io
 import math
 import re
+import statistics
 from pathlib import Path
 
 from peft_cli.core.console import console
 from peft_cli.core.files import write_text
 from peft_cli.report.table import SKIPPED, Row, Table
+from peft_cli.selection.rule import canon, group_of, setting_of
 
 DASH = "—"  # an empty cell: no run, or an Avg that would miss a task
 DAGGER = "†"  # fewer seeds than the table's most
@@ -50,13 +52,31 @@ def header(table: Table) -> list[str]:
     return ["Method", *(c.label for c in table.columns), "Avg", "% trainable", "% stored", "Size/task"]
 
 
+def spread_text(table: Table, values: list[float]) -> str:
+    """` ± 1.23` (std) or ` (70.10–72.00)` (minmax) after a cell when report.show_spread; '' otherwise
+    or with fewer than two values."""
+    if not table.show_spread or len(values) < 2:
+        return ""
+    if table.spread == "std":
+        return f" ± {statistics.stdev(values):.2f}"
+    return f" ({min(values):.2f}–{max(values):.2f})"
+
+
 def cells(table: Table, row: Row) -> list[str]:
-    """One row's cells as text (medians, † marks, Avg, fractions, size)."""
+    """One row's cells as text (medians or means, ± spread, † marks, Avg, fractions, size)."""
     out = [row.label + (f" [{row.note}]" if row.note else "")]
     for c in table.columns:
         cell = row.cells.get((c.task, c.metric))
-        out.append(DASH if cell is None else f"{cell.median:.2f}" + (DAGGER if table.marked(row, cell) else ""))
-    out.append(DASH if row.avg is None else f"{row.avg:.2f}" + (DAGGER if table.avg_marked(row) else ""))
+        if cell is None:
+            out.append(DASH)
+            continue
+        mark = DAGGER if table.marked(row, cell) else ""
+        out.append(f"{cell.center(table.stat):.2f}" + ("" if row.published else spread_text(table, cell.values)) + mark)
+    if row.avg is None:
+        out.append(DASH)
+    else:
+        mark = DAGGER if table.avg_marked(row) else ""
+        out.append(f"{row.avg:.2f}" + ("" if row.published else spread_text(table, row.avg_values)) + mark)
     out += [fmt_pct(row.trainable_pct), fmt_pct(row.stored_pct), fmt_bytes(row.bytes_per_task)]
     return out
 
@@ -80,10 +100,21 @@ def caption(table: Table) -> str:
         protocol = next(iter(table.protocols))
     else:
         protocol = ", ".join(f"{p} ({n} runs)" for p, n in table.protocols.items()) or "none"
-    return (
-        f"Experiment {table.experiment}: GLUE test scores in %, median over seeds; {models}; "
+    spread = ""
+    if table.show_spread:
+        spread = " ± sample std" if table.spread == "std" else " (min–max)"
+    text = (
+        f"Experiment {table.experiment}: GLUE test scores in %, {table.stat}{spread} over seeds; {models}; "
         f"split protocol: {protocol}."
     )
+    if table.selected:
+        text += (
+            " Where a method was run at several settings (a grid), each cell reports the setting with the best "
+            "median validation score (the task's headline metric) over the seeds every setting ran, tie broken "
+            "by the mean, then the smaller value; its test scores are those of its other seeds (the final stage) "
+            "when it has them. Test scores play no part in the choice."
+        )
+    return text
 
 
 def notes(table: Table) -> list[str]:
@@ -92,7 +123,7 @@ def notes(table: Table) -> list[str]:
         c.label for t in table.tasks for c in table.columns if c.task == t.name and c.metric == t.headline
     )
     out = [
-        f"Avg: mean over the {len(table.tasks)} tasks of each row's per-task median headline score "
+        f"Avg: mean over the {len(table.tasks)} tasks of each row's per-task {table.stat} headline score "
         f"({headlines}); {DASH} when the row lacks a task. "
         "% trainable / % stored: parameters updated in training / written to the artifact, over the "
         "backbone's parameters (task head excluded). Size/task: median bytes on disk of one run's artifact "
@@ -108,6 +139,14 @@ def notes(table: Table) -> list[str]:
         out.append(
             f"{DAGGER} fewer seeds: " + "; ".join(short) + f". An Avg is marked {DAGGER} when one of its medians is."
         )
+    chosen = [
+        f"{r.label}: "
+        + ", ".join(f"{_task_label(table, t)} {setting_label(r.chosen[t])}" for t in _ordered(table, r.chosen))
+        for r in table.rows
+        if r.chosen
+    ]
+    if chosen:
+        out.append("Chosen settings (all settings in the .settings.csv file): " + "; ".join(chosen) + ".")
     counts = table.counts
     out.append(
         f"Runs: {counts.get('completed', 0)} completed result.json read; skipped: "
@@ -122,6 +161,21 @@ def notes(table: Table) -> list[str]:
             + (f" Avg as published (over the source's tasks): {quoted}." if quoted else "")
         )
     return out
+
+
+def setting_label(setting: dict) -> str:
+    """`lr 0.001, wd 0.0`: a setting as text, numbers as written (repr)."""
+    from peft_cli.run.identity import ABBREVIATIONS
+
+    return ", ".join(f"{ABBREVIATIONS.get(k, k)} {v!r}" for k, v in sorted(setting.items())) or "default"
+
+
+def _task_label(table: Table, task: str) -> str:
+    return next((t.folder for t in table.tasks if t.name == task), task)
+
+
+def _ordered(table: Table, by_task: dict) -> list[str]:
+    return [t.name for t in table.tasks if t.name in by_task]
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,6 +229,97 @@ def to_csv(table: Table) -> str:
     return buf.getvalue()
 
 
+def to_settings_csv(table: Table) -> str:
+    """Every setting of every (model, method_tag, protocol, task) group: the validation and test
+    headline over all its seeds (median, n, spread), the validation median over the selection
+    seeds that decided, and whether it was chosen. Values in percent."""
+    spread = ["std"] if table.spread == "std" else ["min", "max"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        ["row", "model", "method_tag", "protocol", "task", "metric", "setting", "chosen", "n", "seeds"]
+        + ["validation_median", *(f"validation_{x}" for x in spread), "test_median", *(f"test_{x}" for x in spread)]
+        + ["selection_seeds", "selection_validation_median"]
+    )
+    headline = {t.name: t.headline for t in table.tasks}
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in table.runs:
+        groups.setdefault(group_of(r), {}).setdefault(canon(setting_of(r)), []).append(r)
+    for g in sorted(groups, key=lambda g: (_row_index(table, g), _task_index(table, g[3]))):
+        choice = table.choices[g]
+        metric = headline[g[3]]
+        for key in sorted(groups[g]):
+            rs = sorted(groups[g][key], key=lambda r: r["seed"])
+            val = [_pct_of(r["metrics"].get("validation", {}).get(metric)) for r in rs]
+            test = [_pct_of(r["metrics"].get("test", {}).get(metric)) for r in rs]
+            w.writerow(
+                [table.labels.get(g[:3], g[1]), *g, metric, key, int(key == canon(choice.setting)), len(rs)]
+                + [" ".join(str(r["seed"]) for r in rs)]
+                + [_num(_mid(val)), *_spread(val, table.spread), _num(_mid(test)), *_spread(test, table.spread)]
+                + [" ".join(map(str, choice.selection_seeds)), _num(_pct_of(choice.validation.get(key)))]
+            )
+    return buf.getvalue()
+
+
+def to_seeds_csv(table: Table) -> str:
+    """One line per completed run and metric (validation and test), chosen or not, with its setting
+    and whether the table reports it."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        ["row", "model", "method_tag", "protocol", "task", "setting", "seed", "reported", "split", "metric", "value"]
+    )
+    for r in sorted(
+        table.runs,
+        key=lambda r: (
+            _row_index(table, group_of(r)),
+            _task_index(table, r["task"]),
+            canon(setting_of(r)),
+            r["seed"],
+        ),
+    ):
+        g = group_of(r)
+        choice = table.choices[g]
+        reported = canon(setting_of(r)) == canon(choice.setting) and r["seed"] in choice.reported_seeds
+        base = [table.labels.get(g[:3], g[1]), *g, canon(setting_of(r)), r["seed"], int(reported)]
+        for split in ("validation", "test"):
+            for metric, value in sorted((r["metrics"].get(split) or {}).items()):
+                w.writerow(base + [split, metric, _num(_pct_of(value))])
+    return buf.getvalue()
+
+
+def _row_index(table: Table, g: tuple) -> tuple:
+    """Table order of a group's row (rows not shown, e.g. no runs kept, last by tag)."""
+    order = [(r.model, r.method_tag, r.protocol) for r in table.rows]
+    return (order.index(g[:3]) if g[:3] in order else len(order), g[:3])
+
+
+def _task_index(table: Table, task: str) -> int:
+    names = [t.name for t in table.tasks]
+    return names.index(task) if task in names else len(names)
+
+
+def _pct_of(v, scale: float = 100.0) -> float | None:
+    """A metric (a fraction) in percent; None stays None."""
+    return None if v is None else scale * float(v)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else format(v, ".4f")
+
+
+def _mid(values: list[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _spread(values: list[float | None], kind: str) -> list[str]:
+    xs = [v for v in values if v is not None]
+    if kind == "std":
+        return [_num(statistics.stdev(xs)) if len(xs) > 1 else ""]
+    return [_num(min(xs)) if xs else "", _num(max(xs)) if xs else ""]
+
+
 _TEX = {
     "\\": r"\textbackslash{}",
     "&": r"\&",
@@ -188,6 +333,8 @@ _TEX = {
     "^": r"\textasciicircum{}",
     DAGGER: r"$^\dagger$",
     DASH: "--",
+    "±": r"$\pm$",
+    "–": "--",
 }
 
 
@@ -260,9 +407,16 @@ def print_table(table: Table) -> None:
 
 
 def write_tables(table: Table, stem: Path) -> list[Path]:
-    """<stem>.md, .csv, .tex, each written atomically."""
+    """<stem>.md, .csv, .tex, .settings.csv, .seeds.csv, each written atomically."""
     out = []
-    for suffix, render in ((".md", to_markdown), (".csv", to_csv), (".tex", to_latex)):
+    renders = (
+        (".md", to_markdown),
+        (".csv", to_csv),
+        (".tex", to_latex),
+        (".settings.csv", to_settings_csv),
+        (".seeds.csv", to_seeds_csv),
+    )
+    for suffix, render in renders:
         path = stem.with_name(stem.name + suffix)
         write_text(path, render(table))
         out.append(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from peft_cli.core.config import TaskConfig
 from peft_cli.report.reference import Reference
@@ -36,6 +37,10 @@ class Cell:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if self.n > 1 else None
 
+    def center(self, stat: str) -> float:
+        """The cell's statistic over seeds: median or mean."""
+        return statistics.fmean(self.values) if stat == "mean" else self.median
+
 
 @dataclass
 class Row:
@@ -54,6 +59,8 @@ class Row:
     runs: int | None = None  # seeds behind published cells
     note: int | None = None  # footnote number of a published row's source
     published_avg: float | None = None
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> setting chosen from several
+    avg_values: list[float] = field(default_factory=list)  # per-seed Avg (seeds present in every task)
 
 
 @dataclass
@@ -68,6 +75,16 @@ class Table:
     models: list[str]
     sources: list[Reference]  # footnote i+1 = sources[i]
     spread: str = "std"
+    stat: str = "median"  # median | mean
+    show_spread: bool = False  # ± in Markdown/LaTeX cells, error bars in the plot
+    runs: list[dict[str, Any]] = field(default_factory=list)  # every completed result read (per-seed CSV)
+    choices: dict[Any, Any] = field(default_factory=dict)  # selection group -> Choice (selection/rule.py)
+    labels: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (model, tag, protocol) -> row label
+
+    @property
+    def selected(self) -> bool:
+        """Whether any cell was chosen among several settings (the caption then states the rule)."""
+        return any(c.compared for c in self.choices.values())
 
     @property
     def n_max(self) -> int:

@@ -26,6 +26,7 @@ from peft_cli.models import check_model
 from peft_cli.run.identity import run_tag
 from peft_cli.sweep.grid import Run, expand, sweep_config, with_status
 from peft_cli.sweep.launchers import Launcher, make_launcher
+from peft_cli.sweep.stages import Staged, Waiting, stage
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,36 +34,64 @@ if TYPE_CHECKING:
 
 def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = False, overwrite: bool = False) -> int:
     """`peftx sweep OVERRIDES`; returns the number of runs left failed or unfinished. `overwrite`:
-    replace completed runs of another config that sit in this grid's folders (else UserError)."""
+    replace completed runs of another config that sit in this grid's folders (else UserError).
+    A two-stage sweep runs its search stage, then (locally, in the same command) the final runs of
+    every group whose search stage completed."""
     console = make_console(stderr=True)
     root = compose_dict(list(overrides))
     sweep = sweep_config(root.get("sweep"))
     launcher = make_launcher(root.get("launcher") or {}, root["results"]["dir"], sweep.name)
-    runs = expand(sweep, list(overrides))
-    known = launcher.status(runs)  # queued elsewhere, or ended badly where only the launcher can tell
-    runs = [
-        dataclasses.replace(r, status=known[r.folder].status, note=known[r.folder].note) if r.folder in known else r
-        for r in runs
-    ]
-    runs = _resolve_conflicts(runs, overwrite)
-    todo = [r for r in runs if r.status == "pending" or (retry_failed and r.status == "failed")]
+    grid = expand(sweep, list(overrides))
+    staged = _staged(grid, launcher, overwrite)
+    todo = [r for r in staged.runs if r.status == "pending" or (retry_failed and r.status == "failed")]
     if dry_run:
-        _list(sweep.name, runs, todo, launcher)
+        _list(sweep.name, staged.runs, todo, launcher, staged.waiting)
         return 0
-    console.print(
-        f"sweep [bold]{sweep.name}[/]: {len(runs)} runs; {_counts(runs)}; {len(todo)} to run ({launcher.name})"
-    )
-    if todo:
-        preflight(todo, console)
-        build_shared(todo, console)
-    launched = launcher.launch(todo, len(runs) - len(todo), console)
-    if launched.outcomes is None:  # handed to a scheduler: failed runs that were not resubmitted
-        submitting = {r.folder for r in todo}
-        return sum(r.status == "failed" and r.folder not in submitting for r in runs)
-    left = _summary(sweep.name, [with_status(r) for r in runs], len(todo), launched.outcomes, console)
+    attempted: set[Path] = set()
+    outcomes: list = []
+    while True:
+        runs = staged.runs
+        console.print(
+            f"sweep [bold]{sweep.name}[/]{': final stage' if attempted else ''}: {len(runs)} runs; "
+            f"{_counts(runs, staged.waiting)}; {len(todo)} to run ({launcher.name})"
+        )
+        if todo:
+            preflight(todo, console)
+            build_shared(todo, console)
+        launched = launcher.launch(todo, len(runs) - len(todo), console)
+        attempted |= {r.folder for r in todo}
+        if launched.outcomes is None:  # handed to a scheduler: failed runs that were not resubmitted
+            if staged.waiting:
+                console.print(
+                    f"{len(staged.waiting)} final-stage runs wait for the search stage: rerun this command then"
+                )
+            return sum(r.status == "failed" and r.folder not in attempted for r in runs)
+        outcomes += launched.outcomes
+        if launched.stopped_by is not None or not sweep.two_stage:
+            break
+        before = len(staged.waiting)
+        staged = _staged([with_status(r) for r in grid], launcher, overwrite)
+        todo = [r for r in staged.runs if r.folder not in attempted and r.status == "pending"]
+        if not todo or len(staged.waiting) == before:
+            break  # nothing newly selectable: the final stage ran, or still waits
+    left = _summary(sweep.name, [with_status(r) for r in staged.runs], len(attempted), outcomes, console)
+    if staged.waiting:
+        console.print(f"{len(staged.waiting)} final-stage runs still wait for their search stage")
     if launched.stopped_by is not None:
         raise Interrupted(f"sweep {sweep.name} stopped by signal; rerun it to resume", launched.stopped_by)
-    return left
+    return left + len(staged.waiting)
+
+
+def _staged(grid: list[Run], launcher: Launcher, overwrite: bool) -> Staged:
+    """The grid's runs with the launcher's view of their status, final runs kept only for chosen
+    settings (stages.py), and conflicts resolved."""
+    known = launcher.status(grid)  # queued elsewhere, or ended badly where only the launcher can tell
+    runs = [
+        dataclasses.replace(r, status=known[r.folder].status, note=known[r.folder].note) if r.folder in known else r
+        for r in grid
+    ]
+    staged = stage(runs)
+    return Staged(_resolve_conflicts(staged.runs, overwrite), staged.waiting)
 
 
 def _resolve_conflicts(runs: list[Run], overwrite: bool) -> list[Run]:
@@ -83,10 +112,11 @@ def _resolve_conflicts(runs: list[Run], overwrite: bool) -> list[Run]:
     ]
 
 
-def _counts(runs: list[Run]) -> str:
+def _counts(runs: list[Run], waiting: list[Waiting] = ()) -> str:
     n = {s: sum(r.status == s for r in runs) for s in ("completed", "failed", "pending", "running")}
     text = f"{n['completed']} completed, {n['failed']} failed, {n['pending']} pending"
-    return text + (f", {n['running']} running elsewhere" if n["running"] else "")
+    text += f", {n['running']} running elsewhere" if n["running"] else ""
+    return text + (f", {len(waiting)} waiting for the search stage" if waiting else "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,8 +166,9 @@ def build_shared(todo: list[Run], console: "Console") -> list[Path]:
 # output
 
 
-def _list(name: str, runs: list[Run], todo: list[Run], launcher: Launcher) -> None:
-    """--dry-run: one line per run (status, task, run tag, seed, folder, why), then what would happen."""
+def _list(name: str, runs: list[Run], todo: list[Run], launcher: Launcher, waiting: list[Waiting] = ()) -> None:
+    """--dry-run: one line per run (status, task, run tag, seed, folder, why), then what would happen.
+    Final-stage runs of groups still searching are listed as `waiting` (their folder is not known)."""
     will = {r.folder for r in todo}
     rows = []
     for r in runs:
@@ -145,11 +176,16 @@ def _list(name: str, runs: list[Run], todo: list[Run], launcher: Launcher) -> No
         if r.status == "failed" and r.folder in will:
             note = "retried (--retry-failed)" + (f": {note}" if note else "")
         rows.append((r.status, r.cfg.task.name, run_tag(r.cfg), str(r.cfg.seed), str(r.folder), note))
+    for w in waiting:
+        rows.append(("waiting", w.task, f"{w.method_tag}-<selected>", str(w.seed), "-", "final stage; " + w.note))
     header = ("status", "task", "run", "seed", "folder", "note")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
-    print(f"sweep {name}: {len(runs)} runs; {_counts(runs)}; would run {len(todo)} with launcher={launcher.name}")
+    print(
+        f"sweep {name}: {len(runs) + len(waiting)} runs; {_counts(runs, waiting)}; "
+        f"would run {len(todo)} with launcher={launcher.name}"
+    )
     for line in launcher.plan(todo):
         print(line)
 
