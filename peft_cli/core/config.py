@@ -9,6 +9,7 @@ never sees a `DictConfig`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,8 +73,8 @@ class ModelConfig:
     arch: str | None = None  # source=random: "bert" | "roberta"
     random_config: dict[str, int] = field(default_factory=dict)  # source=random: config overrides
     init_seed: int = 0  # source=random: the "pre-trained" weights are a function of this seed
-    revision: str | None = None
-    trust_remote_code: bool = False
+    revision: str | None = None  # hub branch, tag or commit; null = main
+    trust_remote_code: bool = False  # run model code from the hub; off unless you set it
 
 
 # Field metadata of keys that say where things are or how a run is watched, not what it computes:
@@ -96,19 +97,19 @@ def is_path(f: dataclasses.Field) -> bool:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 3  # passes over the training set (unless max_steps)
     max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 16
-    eval_batch_size: int = 64
+    batch_size: int = 16  # training examples per step
+    eval_batch_size: int = 64  # examples per forward pass when scoring
     lr: float | None = None  # null = the method's own default (conf/method/*.yaml `lr`)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_length: int = 128
-    grad_clip: float | None = 1.0
+    weight_decay: float = 0.01  # AdamW decay (the method decides which tensors decay)
+    warmup_ratio: float = 0.06  # share of steps with a linearly rising lr, then linear decay
+    max_length: int = 128  # tokens per example (pair), longer ones are cut
+    grad_clip: float | None = 1.0  # max gradient norm; null = no clipping
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = field(default="auto", metadata=WATCH)  # auto | cpu | cuda | cuda:N
-    log_every: int = field(default=10, metadata=WATCH)
-    progress: bool = field(default=True, metadata=WATCH)
+    log_every: int = field(default=10, metadata=WATCH)  # steps between log.jsonl lines
+    progress: bool = field(default=True, metadata=WATCH)  # progress bar on a terminal
     # steps between periodic checkpoints; 0 = only on SIGUSR1/SIGTERM/SIGINT
     checkpoint_every: int = field(default=0, metadata=WATCH)
 
@@ -126,10 +127,10 @@ class DataConfig:
 @dataclass
 class MaskConfig:
     strategy: str = "smallest"  # smallest (PaFi) | largest | random | fisher (FISH, task-specific)
-    density: float = 0.005
+    density: float = 0.005  # share of the candidate entries that train (k = density x candidates)
     scope: str = "global"  # global | per_tensor
-    include: list[str] = field(default_factory=lambda: [".*"])
-    exclude: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=lambda: [".*"])  # regexes: candidate backbone parameters
+    exclude: list[str] = field(default_factory=list)  # regexes: parameters kept out, e.g. [embeddings]
     path: str | None = field(default=None, metadata=PATH)  # an existing mask file; null = build or reuse
     seed: int = 0  # random strategy
     fisher_samples: int = 1024  # FISH: training examples whose squared gradients are summed
@@ -137,7 +138,7 @@ class MaskConfig:
 
 @dataclass
 class ResultsConfig:
-    dir: str = field(default="results", metadata=PATH)
+    dir: str = field(default="results", metadata=PATH)  # where runs/, masks/, tables/ go
 
 
 @dataclass
@@ -145,8 +146,8 @@ class RunConfig:
     """Everything one `peftx train` needs. `method` stays a plain dict here: its schema belongs to
     the method (methods/__init__.py validates it against the method's own dataclass)."""
 
-    experiment: str
-    seed: int
+    experiment: str  # names results/runs/<experiment>/; experiment=NAME loads conf/experiment/NAME.yaml
+    seed: int  # the run's seed (data order, head init, dropout)
     task: TaskConfig
     model: ModelConfig
     method: dict[str, Any]
@@ -368,3 +369,81 @@ def _schema_value(cfg: RunConfig, key: str) -> Any:
     if obj is None or not hasattr(obj, name):
         raise UserError(f"config key 'setting' names {key!r}, which is not a train.* or data.* key")
     return getattr(obj, name)
+
+
+# --------------------------------------------------------------------------------------------
+# documentation of the keys (`peftx list keys`)
+
+
+class KeyDoc(typing.NamedTuple):
+    key: str  # dotted, e.g. train.lr
+    type: str  # e.g. float | None
+    default: str  # as YAML would spell it; "(required)" when the schema has none
+    help: str  # the schema's comment on the field
+
+
+def field_docs(cls: type, prefix: str) -> list[KeyDoc]:
+    """One KeyDoc per field of dataclass `cls` (nested dataclasses flattened), its help read from
+    the comment beside (or just above) the field in the source: the schema is the documentation."""
+    comments = _field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += field_docs(hints[f.name], key + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = yaml_text(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = yaml_text(f.default_factory())
+        else:
+            default = "(required)"
+        kind = re.sub(
+            r"\btyping\.|\bNoneType\b", lambda m: "None" if m.group(0) == "NoneType" else "", str(hints[f.name])
+        )
+        kind = re.sub(r"<class '(\w+)'>", r"\1", kind)
+        out.append(KeyDoc(key, kind, default, comments.get(f.name, "")))
+    return out
+
+
+def yaml_text(value: Any) -> str:
+    """A value as YAML spells it on one line (null, true, [a, b])."""
+    import json
+
+    if isinstance(value, list):
+        return "[" + ", ".join(map(yaml_text, value)) + "]"
+    return "null" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """field name -> its comment in the class source (trailing, or on the line(s) above it)."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    current = None  # the field whose (multi-line) definition is open
+    for line in lines[1:]:
+        stripped = line.strip()
+        m = re.match(r"(\w+)\s*:[^=]*?(=.*?)?(?:\s+#\s*(.*))?$", stripped)
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        if (
+            m
+            and not stripped.startswith(("def ", "return", "@"))
+            and line.startswith("    ")
+            and not line.startswith("     ")
+        ):
+            current = m.group(1)
+            out[current] = m.group(3) or " ".join(above)
+        elif current and "#" in stripped and not out.get(current):
+            out[current] = stripped.split("#", 1)[1].strip()
+        if stripped.startswith("def "):
+            break
+        above = []
+    return out

@@ -43,7 +43,7 @@ ATTR = "adapter"  # child name of the adapted projection
 @dataclass
 class AdapterConfig:
     reduction_factor: int = 16  # bottleneck width = hidden size // reduction_factor
-    activation: str = "relu"
+    activation: str = "relu"  # relu | gelu | silu (= swish) | tanh | identity
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 1:

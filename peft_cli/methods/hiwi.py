@@ -45,7 +45,7 @@ class HiWiConfig:
     )  # regexes (re.search) over backbone parameter names
     r: int | None = None  # bottleneck width; null = the largest width within `budget`, at least 1
     budget: float = 0.005  # adapter parameters / backbone parameters, used when r is null
-    activation: str = "relu"
+    activation: str = "relu"  # relu | gelu | silu | tanh | identity
     shared: bool = False  # true: one adapter for all targets of the same row length (across layers)
 
     def __post_init__(self) -> None:

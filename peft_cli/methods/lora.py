@@ -35,10 +35,12 @@ QUERY_VALUE = (("query", "value"), ("q_lin", "v_lin"), ("query_proj", "value_pro
 
 @dataclass
 class LoRAConfig:
-    r: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])  # module-name suffixes
+    r: int = 8  # rank of the update B A
+    alpha: float = 8.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the LoRA branch's input
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query", "value"]
+    )  # module-name suffixes; the default = the query/value projections of any architecture
 
     def __post_init__(self) -> None:
         if self.r < 1:
