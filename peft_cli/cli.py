@@ -336,7 +336,7 @@ def _list_keys() -> None:
 
     docs = [d for d in field_docs(RunConfig, "") if not d.key.startswith(("task.", "method", "setting"))]
     docs += [
-        KeyDoc("method.name", "str", "full", "the method (method=NAME picks conf/method/NAME.yaml)"),
+        KeyDoc("method.name", "str", "(required)", "the method (method=NAME picks conf/method/NAME.yaml)"),
         KeyDoc("method.lr", "float", "(per method)", "the method's default learning rate (train.lr wins)"),
     ]
     for name in REGISTRY:
