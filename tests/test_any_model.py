@@ -123,3 +123,11 @@ def test_model_hf_without_id_exits_2(cli):
     r = cli("train", "model=hf")
     assert r.exit_code == 2
     assert "model.id is not set" in r.output
+
+
+def test_hiwi_with_model_targets(distilbert, tiny_glue, tmp_path, cli):
+    """The README's one-step fix: point HiWi at DistilBERT's own FFN bias."""
+    r = cli("train", *_overrides(tiny_glue, tmp_path, distilbert, "hiwi"), "method.targets=[ffn.lin1.bias]")
+    assert r.exit_code == 0, r.output
+    (run,) = _model_folder(tmp_path).glob("hiwi-*/rte/seed42")
+    assert json.loads((run / "result.json").read_text())["params"]["stored"] == 2 * 64  # 2 layers x lin1 bias
