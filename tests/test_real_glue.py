@@ -23,7 +23,7 @@ def test_minilm_trains_on_real_rte_and_eval_matches(shared_glue, tmp_path, cli):
         "train.progress=false",
     )
     assert r.exit_code == 0, r.output
-    run = tmp_path / "runs" / "default" / "minilm-l6" / "bitfit-bs8-len64-steps4-n64" / "rte" / "seed42"
+    run = tmp_path / "runs" / "default" / "minilm-l6" / "bitfit-n64-bs8-len64-steps4" / "rte" / "seed42"
     res = json.loads((run / "result.json").read_text())
     assert res["status"] == "completed"
     # holdout: RTE dev (277) split into validation 139 / test 138

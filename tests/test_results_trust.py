@@ -305,3 +305,20 @@ def test_piped_report_is_never_wrapped(tmp_path):
     assert any(tag in line for line in lines)  # one line, whole
     assert any(line.startswith("Experiment smoke: GLUE test scores") and line.rstrip().endswith(".") for line in lines)
     assert any("KB" in line or " B" in line for line in lines if tag in line)  # units kept
+
+
+def test_piped_train_prints_a_line_per_log_every_and_per_validation(tiny_glue, tmp_path):
+    """Off a terminal (a SLURM log, a pipe) training is not silent until the end: one whole line every
+    train.log_every steps with step, loss, examples/s and ETA, and one per validation."""
+    args = tiny_overrides(tiny_glue, tmp_path, **{"train.progress": True, "train.log_every": 2, "train.max_steps": 6})
+    out = subprocess.run(PEFTX + ["train", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    steps = [line for line in out.stderr.splitlines() if " step " in line and " loss " in line]
+    assert [line.split(" step ")[1].split()[0] for line in steps] == ["2/6", "4/6", "6/6"], out.stderr
+    assert all("examples/s" in line and "ETA" in line for line in steps)
+    logged = [json.loads(x) for x in (run_folder(compose(args)) / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logged if "loss" in r]
+    assert [float(line.split(" loss ")[1].split()[0]) for line in steps] == pytest.approx(losses, abs=1e-4)
+    vals = [line for line in out.stderr.splitlines() if "validation after epoch" in line]
+    assert len(vals) == sum(r.get("event") == "validation" for r in logged) >= 1
+    assert "\r" not in out.stderr and "\x1b[" not in out.stderr  # no bar redraws, no escape codes

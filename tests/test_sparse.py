@@ -296,3 +296,34 @@ def test_cuda_grads_and_frozen(amp):
         if n in idx:
             keep[idx[n].long().cuda()] = False
         assert torch.equal(cur[n].detach().reshape(-1)[keep], p0.detach().reshape(-1)[keep]), n
+
+
+def _fail_sddmm(monkeypatch, error: Exception) -> None:
+    def broken(*a, **k):
+        raise error
+
+    monkeypatch.setattr(S, "_SDDMM_BROKEN", set())
+    monkeypatch.setattr(torch.sparse, "sampled_addmm", broken)
+
+
+def test_out_of_memory_in_the_sparse_kernel_is_raised_not_swallowed(monkeypatch):
+    model, _, _, _ = _setup()
+    _fail_sddmm(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(torch.OutOfMemoryError):
+        model(**_batch(model, 0)).loss.backward()
+    assert S._SDDMM_BROKEN == set()  # not mistaken for a missing kernel
+
+
+def test_a_missing_kernel_falls_back_with_one_warning_and_the_same_gradients(monkeypatch):
+    model, ref, idx, sv = _setup()
+    _fail_sddmm(monkeypatch, NotImplementedError("sampled_addmm: no kernel for this backend"))
+    with pytest.warns(RuntimeWarning, match="no kernel for this backend") as caught:
+        model(**_batch(model, 0)).loss.backward()
+        model(**_batch(model, 1)).loss.backward()
+    assert len([w for w in caught if "sampled_addmm failed" in str(w.message)]) == 1  # once, with the reason
+    ref(**_batch(ref, 0)).loss.backward()
+    ref(**_batch(ref, 1)).loss.backward()
+    refp = dict(ref.named_parameters())
+    for i, name in enumerate(sv.names):
+        want = refp[name].grad.reshape(-1)[idx[name].long()]
+        torch.testing.assert_close(sv.value(i).grad, want, rtol=1e-5, atol=1e-6, msg=name)

@@ -206,9 +206,10 @@ def test_second_sweep_runs_nothing(tiny_glue, tmp_path, launched, capsys):
     assert run_sweep(args) == 0
     assert launched == []  # every run completed with the same config_hash: skipped
     assert "skipped 2" in capsys.readouterr().err
-    # a different config of the same cell is a different run: it runs again (and replaces the result)
+    # a different config of the same cell is a different run in its own folder: it runs, and the first results stay
     assert run_sweep(args + ["train.epochs=1"]) == 0
-    assert len(launched) == 2 and len(list(results.iter_results(tmp_path))) == 2
+    folders = sorted(f.parent.parent.name for f, _ in results.iter_results(tmp_path))
+    assert len(launched) == 2 and folders == ["bitfit", "bitfit-ep1", "full", "full-ep1"]
 
 
 def test_failed_runs_skipped_unless_retry_failed(tiny_glue, tmp_path, launched, capsys):

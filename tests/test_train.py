@@ -113,6 +113,6 @@ def test_missing_column_exits_2(cli, tmp_path, tiny_glue):
 def test_regression_task_runs(cli, tiny_glue, tmp_path):
     r = cli("train", *tiny_overrides(tiny_glue, tmp_path, task="stsb", method="bitfit", **{"train.max_steps": 3}))
     assert r.exit_code == 0, r.output
-    res = json.loads((run_folder(tmp_path, "bitfit", task="stsb") / "result.json").read_text())
+    res = json.loads((run_folder(tmp_path, "bitfit-steps3", task="stsb") / "result.json").read_text())
     assert set(res["metrics"]["test"]) == {"pearson", "spearmanr"}
     assert res["score"] == pytest.approx(100 * res["metrics"]["test"]["pearson"])

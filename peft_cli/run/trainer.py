@@ -25,7 +25,7 @@ from peft_cli.core.runtime import autocast, to_device, use_bf16
 from peft_cli.methods.base import default_decays, freeze_backbone
 from peft_cli.run import checkpoint
 from peft_cli.run.identity import config_hash
-from peft_cli.run.log import RunLog, progress_bar
+from peft_cli.run.log import Progress, RunLog
 from peft_cli.run.optim import learning_rate, make_optimizer
 from peft_cli.run.scoring import score_split
 
@@ -66,19 +66,15 @@ class Trainer:
         """Train to `total_steps` (resuming from a checkpoint of this config if there is one)."""
         self._resume()
         self.model.train()
-        with progress_bar(show_progress) as bar:
-            task = bar.add_task(
-                f"{self.cfg.task.name} {self.cfg.method['name']} seed {self.cfg.seed}",
-                total=self.total_steps,
-                completed=self.state.step,
-                info="",
-            )
+        c = self.cfg
+        label = f"{c.task.name} {c.method['name']} seed {c.seed}"
+        args = (label, self.total_steps, self.state.step, c.train.batch_size, c.train.log_every)
+        with Progress(show_progress, *args) as self.progress:
             while self.state.epoch < self.epochs:
                 for batch in self._batches():
                     if self.state.step >= self.total_steps:  # max_steps reached mid-epoch (or resumed right there)
                         break
                     loss = self._step(to_device(batch, self.device))
-                    bar.update(task, advance=1, info=f"loss {loss:.4f}")
                     self._after_step(loss, stop)
                 self._validate()
         if self.best is None:
@@ -119,6 +115,9 @@ class Trainer:
         s.step_in_epoch += 1
         if s.step % self.cfg.train.log_every == 0 or s.step == self.total_steps:
             self.log.write(step=s.step, epoch=s.epoch, loss=loss, lr=self.scheduler.get_last_lr()[0])
+            self.progress.step(s.step, loss)
+        else:
+            self.progress.step(s.step, None)
         every = self.cfg.train.checkpoint_every
         if stop.is_set() or (every and s.step % every == 0):
             self._save()
@@ -132,6 +131,7 @@ class Trainer:
         score = val[self.cfg.task.headline]
         s.history.append({"epoch": s.epoch, "step": s.step, **val})
         self.log.write(event="validation", epoch=s.epoch, step=s.step, **val)
+        self.progress.validation(s.epoch, s.step, val)
         if s.best_score is None or score > s.best_score:
             s.best_score, s.best_epoch = score, s.epoch
             self.best = {n: p.detach().clone() for n, p in self.params.items()}

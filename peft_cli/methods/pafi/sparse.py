@@ -85,6 +85,21 @@ def _key(name: str) -> str:
 _SDDMM_BROKEN: set[str] = set()  # device types whose sampled_addmm raised once: use the gather
 
 
+def _fall_back(dev: str, e: Exception) -> None:
+    """sampled_addmm failed on `dev`: use the gather from now on, and say why once. Out of memory is
+    not a missing kernel: it is raised (the gather would need as much memory, and hiding it would
+    hide the real fault)."""
+    if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower():
+        raise e
+    _SDDMM_BROKEN.add(dev)
+    warnings.warn(
+        f"peftx: PaFi's sampled_addmm failed on {dev} ({type(e).__name__}: {e}); "
+        "using the slower gather path for the rest of this process",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _selected_grad(g2: Tensor, x2: Tensor, crow: Tensor, col: Tensor) -> Tensor:
     """g2 (N, out), x2 (N, in) -> (k,) fp32: (g2^T @ x2)[row_e, col_e] for the CSR pattern (crow, col)."""
     n, out = g2.shape
@@ -100,8 +115,8 @@ def _selected_grad(g2: Tensor, x2: Tensor, crow: Tensor, col: Tensor) -> Tensor:
                 crow, col, torch.zeros(k, dtype=torch.float32, device=g2.device), (out, inn), check_invariants=False
             )
             return torch.sparse.sampled_addmm(pattern, gT, xT.t(), beta=0.0).values()
-        except (RuntimeError, NotImplementedError):
-            _SDDMM_BROKEN.add(dev)
+        except (RuntimeError, NotImplementedError) as e:
+            _fall_back(dev, e)
     rows = torch.repeat_interleave(torch.arange(out, device=g2.device), crow.diff())  # (k,)
     res = torch.empty(k, dtype=torch.float32, device=g2.device)
     step = max(1, _GATHER_CHUNK // max(n, 1))

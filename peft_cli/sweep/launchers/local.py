@@ -70,7 +70,7 @@ class LocalLauncher:
 def train_command(run: "Run") -> list[str]:
     """`peftx train` for one run, through this interpreter (works in any venv, no PATH needed)."""
     extra = ["--overwrite"] if run.overwrite else []
-    return [sys.executable, "-m", "peft_cli.cli", "train", *extra, *run.overrides, "train.progress=false"]
+    return [sys.executable, "-m", "peft_cli.cli", "train", *extra, *run.overrides]
 
 
 def worker_env(slot: int, workers: int, base: dict[str, str]) -> dict[str, str]:

@@ -127,7 +127,7 @@ def script_path(s: SlurmSettings) -> Path:
 def manifest_line(run: "Run", s: SlurmSettings) -> str:
     """One run's line in the manifest: a `peftx train` command."""
     extra = ["--overwrite"] if run.overwrite else []
-    return f"{s.peftx} train {shlex.join([*extra, *run.overrides, 'train.progress=false'])}"
+    return f"{s.peftx} train {shlex.join([*extra, *run.overrides])}"
 
 
 # SLURM job states (sacct / scontrol) of a job that ended without completing its run
@@ -246,20 +246,28 @@ def test_only(sweep: str, n: int, results_dir: str | Path, s: SlurmSettings) -> 
     cmd = sbatch_command(s, sweep, n, manifest, None, logs)
     cmd[1] = "--test-only"  # in place of --parsable
     cmd.insert(-1, str(script_path(s)))
+    proc = _sbatch(cmd, s)
+    if proc.returncode != 0:
+        raise UserError(
+            f"SLURM would never run this array ({_reason(proc)}; sbatch --test-only); check "
+            f"launcher.partition/cpus_per_task={s.cpus_per_task}/mem/gres/time against `sinfo`"
+        )
+
+
+def _sbatch(cmd: list[str], s: SlurmSettings) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
         raise UserError(
             f"launcher=slurm: '{s.sbatch}' not found; submit from a SLURM login node "
             f"(or set launcher.sbatch=/path/to/sbatch)"
         ) from None
-    if proc.returncode != 0:
-        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        reason = lines[-1] if lines else f"exit {proc.returncode}"
-        raise UserError(
-            f"SLURM would never run this array ({reason}; sbatch --test-only); check "
-            f"launcher.partition/cpus_per_task={s.cpus_per_task}/mem/gres/time against `sinfo`"
-        )
+
+
+def _reason(proc: subprocess.CompletedProcess) -> str:
+    """sbatch's last line of complaint (or its exit status)."""
+    lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
 
 
 class Submission(NamedTuple):
@@ -287,17 +295,10 @@ def submit(
             "# sourced by sweep.sbatch before its manifest line (launcher.setup)\n"
             + "".join(line + "\n" for line in s.setup),
         )
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except FileNotFoundError:
-        raise UserError(
-            f"launcher=slurm: '{s.sbatch}' not found; submit from a SLURM login node "
-            f"(or set launcher.sbatch=/path/to/sbatch)"
-        ) from None
+    proc = _sbatch(cmd, s)
     if proc.returncode != 0:
-        reason = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
         raise UserError(
-            f"sbatch refused the array ({reason[-1] if reason else f'exit {proc.returncode}'}); "
+            f"sbatch refused the array ({_reason(proc)}); "
             f"check partition/account/qos/gres/time in conf/launcher/slurm.yaml"
         )
     job_id = proc.stdout.strip().split(";")[0]
