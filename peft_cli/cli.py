@@ -20,17 +20,40 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="PaFi, HiWi and PEFT baselines on GLUE. Trailing arguments are Hydra overrides "
-    "(key=value, group=option, +new.key=value).",
+    "(key=value, group=option). What there is: peftx list tasks|methods|models|sweeps|experiments|keys.",
 )
 
 OVERRIDES = typer.Argument(
-    None, help="Hydra overrides, e.g. task=rte method=pafi mask.density=0.005", show_default=False
+    None,
+    help="Hydra overrides, e.g. task=rte method=pafi mask.density=0.005 (all keys: peftx list keys)",
+    show_default=False,
 )
+RUN_OVERRIDES = typer.Argument(
+    None,
+    help="key=value pairs that patch the run's saved config.yaml, e.g. data.glue_dir=/elsewhere/glue",
+    show_default=False,
+)
+DEBUG = typer.Option(False, "--debug", help="Show the full traceback of a failure.")
+CFG = typer.Option(False, "--cfg", help="Print the composed config (YAML) and exit; nothing runs.")
 _state = {"debug": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"peftx {version('peftx')}")
+        except PackageNotFoundError:
+            print("peftx (not installed: run from a checkout)")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks of failed runs.")) -> None:
+def main(
+    debug: bool = DEBUG,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
     _state["debug"] = debug
 
 
@@ -47,6 +70,7 @@ def command(fn: Callable) -> Callable:
 
         from peft_cli.core.errors import Busy, Interrupted, UserError
 
+        _state["debug"] |= kwargs.pop("debug", False)  # `peftx train --debug` as well as `peftx --debug train`
         try:
             return fn(*args, **kwargs)
         except UserError as e:
@@ -78,13 +102,32 @@ def _compose(overrides: Optional[List[str]]):
     return compose(list(overrides or []))
 
 
+def _print_cfg(overrides: Optional[List[str]], run: bool = True) -> None:
+    """`--cfg`: the composed config as YAML (a run's: model name derived, paths absolute). A
+    trailing Hydra-style `job`/`all` (`--cfg job`) is accepted and ignored."""
+    import yaml
+
+    from peft_cli.core.compose import compose_dict, compose_run
+
+    args = [o for o in overrides or [] if o not in ("job", "all")]
+    d = compose_run(args) if run else compose_dict(args)
+    print(yaml.safe_dump(d, sort_keys=False), end="")
+
+
 @app.command()
 @command
 def train(
     overrides: Optional[List[str]] = OVERRIDES,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a completed run in the run's folder."),
+    cfg_only: bool = CFG,
+    debug: bool = DEBUG,
 ) -> None:
-    """One run: ${model} x ${task} x ${method} x ${seed} -> results/runs/..."""
+    """One run: ${model} x ${task} x ${method} x ${seed} -> results/runs/...
+
+    Example: peftx train task=rte method=pafi data.glue_dir=/path/to/glue_data
+    """
+    if cfg_only:
+        return _print_cfg(overrides)
     from peft_cli.core.signals import ignore_stop_signals
     from peft_cli.run.identity import config_hash, run_folder
     from peft_cli.run.record import is_completed
@@ -112,9 +155,13 @@ def train(
 @command
 def eval_(
     run_dir: Path = typer.Argument(..., help="a run folder (holds result.json, config.yaml)"),
-    overrides: Optional[List[str]] = OVERRIDES,
+    overrides: Optional[List[str]] = RUN_OVERRIDES,
+    debug: bool = DEBUG,
 ) -> None:
-    """Reload base model + stored artifact, re-evaluate the test split(s), write eval.json."""
+    """Reload base model + stored artifact, re-evaluate the test split(s), write eval.json.
+
+    Example: peftx eval results/runs/quickstart/minilm-l6/pafi-smallest-d0.005-lr0.01/sst2/seed1
+    """
     from peft_cli.run.evaluate import evaluate_run
 
     r = evaluate_run(run_dir, _dotted(overrides))
@@ -140,8 +187,13 @@ def _dotted(overrides: Optional[List[str]]) -> dict:
 
 @app.command()
 @command
-def mask(overrides: Optional[List[str]] = OVERRIDES) -> None:
-    """Build, or reuse, the shared mask for ${model} (mask.strategy, mask.density, ...)."""
+def mask(overrides: Optional[List[str]] = OVERRIDES, cfg_only: bool = CFG, debug: bool = DEBUG) -> None:
+    """Build, or reuse, the shared mask for ${model} (mask.strategy, mask.density, ...).
+
+    Example: peftx mask model=minilm-l6 mask.density=0.005
+    """
+    if cfg_only:
+        return _print_cfg(overrides)
     from peft_cli.methods import mask_owner
 
     found = mask_owner().build_mask(_compose(overrides))
@@ -177,8 +229,15 @@ def sweep(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace completed runs of another config found in this grid's folders."
     ),
+    cfg_only: bool = CFG,
+    debug: bool = DEBUG,
 ) -> None:
-    """Run the grid of sweep=NAME locally or on SLURM; idempotent (completed runs are skipped)."""
+    """Run the grid of sweep=NAME locally or on SLURM; idempotent (completed runs are skipped).
+
+    Example: peftx sweep sweep=quickstart data.glue_dir=/path/to/glue_data (--dry-run lists the runs)
+    """
+    if cfg_only:
+        return _print_cfg(overrides, run=False)
     from peft_cli.sweep.runner import run_sweep
 
     failed = run_sweep(list(overrides or []), dry_run=dry_run, retry_failed=retry_failed, overwrite=overwrite)
@@ -193,8 +252,12 @@ def submit(
     overrides: Optional[List[str]] = OVERRIDES,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and the sbatch command, submit nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Submit failed runs again."),
+    debug: bool = DEBUG,
 ) -> None:
-    """Submit sweep NAME to SLURM as one job array (= peftx sweep sweep=NAME launcher=slurm ...)."""
+    """Submit sweep NAME to SLURM as one job array (= peftx sweep sweep=NAME launcher=slurm ...).
+
+    Example: peftx submit paper_base launcher.partition=gpu launcher.gres=gpu:1 --dry-run
+    """
     from peft_cli.sweep.runner import run_sweep
 
     args = [f"sweep={name}", "launcher=slurm", *(overrides or [])]
@@ -204,8 +267,11 @@ def submit(
 
 @app.command()
 @command
-def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
-    """Tables (Markdown, CSV, LaTeX) and a plot from the completed runs of ${experiment}."""
+def report(overrides: Optional[List[str]] = OVERRIDES, debug: bool = DEBUG) -> None:
+    """Tables (Markdown, CSV, LaTeX) and a plot from the completed runs of ${experiment}.
+
+    Example: peftx report experiment=quickstart
+    """
     from peft_cli.core.compose import compose_dict
     from peft_cli.report.main import report_from_config
 
@@ -218,9 +284,13 @@ def report(overrides: Optional[List[str]] = OVERRIDES) -> None:
 def export(
     run_dir: Path = typer.Argument(..., help="a run folder"),
     out_dir: Path = typer.Argument(..., help="where to write the plain Hugging Face model"),
-    overrides: Optional[List[str]] = OVERRIDES,
+    overrides: Optional[List[str]] = RUN_OVERRIDES,
+    debug: bool = DEBUG,
 ) -> None:
-    """Merged plain Hugging Face model; loading it needs no peftx."""
+    """Merged plain Hugging Face model; loading it needs no peftx.
+
+    Example: peftx export results/runs/quickstart/minilm-l6/pafi-smallest-d0.005-lr0.01/sst2/seed1 exported/
+    """
     from peft_cli.run.export import export_run
 
     r = export_run(run_dir, out_dir, _dotted(overrides))
@@ -229,6 +299,60 @@ def export(
         f"{run_dir} -> {out_dir}: {r['method_tag']} as a plain Hugging Face model; logits of "
         f"{check['examples']} test examples within {check['max_abs_diff']:.1e} of the run's"
     )
+
+
+@app.command("list")
+@command
+def list_(
+    what: str = typer.Argument(..., help="tasks | methods | models | sweeps | experiments | keys"),
+    debug: bool = DEBUG,
+) -> None:
+    """What you can pick: the options of a config group, or every config key with its type and default.
+
+    Example: peftx list methods; peftx list keys
+    """
+    if what == "keys":
+        return _list_keys()
+    from peft_cli.core.catalog import entries
+
+    found = entries(what)
+    width = max(len(e.name) for e in found)
+    for e in found:
+        print(f"{e.name:<{width}}  {e.summary}")
+    if what == "models":
+        print(f"{'<id>':<{width}}  any hub id or local folder: model=bert-base-uncased, model=/path/to/model")
+
+
+def _list_keys() -> None:
+    """Every key a command line may set, from the schemas: top level, train, data, mask, model,
+    results, each method's own keys, each launcher's and the report's."""
+    import importlib
+
+    from peft_cli.core.compose import compose_dict, flat_keys
+    from peft_cli.core.config import KeyDoc, RunConfig, field_docs, yaml_text
+    from peft_cli.methods import HARNESS_KEYS, REGISTRY, method_class
+    from peft_cli.report.build import ReportOptions
+    from peft_cli.sweep.launchers import REGISTRY as LAUNCHERS
+
+    docs = [d for d in field_docs(RunConfig, "") if not d.key.startswith(("task.", "method", "setting"))]
+    docs += [
+        KeyDoc("method.name", "str", "(required)", "the method (method=NAME picks conf/method/NAME.yaml)"),
+        KeyDoc("method.lr", "float", "(per method)", "the method's default learning rate (train.lr wins)"),
+    ]
+    for name in REGISTRY:
+        own = [d for d in field_docs(method_class(name).config_cls, "method.") if d.key[7:] not in HARNESS_KEYS]
+        docs += [d._replace(help=f"[{name}] {d.help}".strip()) for d in own]
+    for name, spec in LAUNCHERS.items():
+        module, cls = spec.split(":")
+        settings = getattr(importlib.import_module(module), cls).settings_cls
+        docs += [d._replace(help=f"[{name}] {d.help}".strip()) for d in field_docs(settings, "launcher.")]
+    docs += field_docs(ReportOptions, "report.")
+    composed = flat_keys(compose_dict([]))  # conf/config.yaml's values where a schema has no default
+    docs = [d._replace(default=yaml_text(composed[d.key])) if d.default == "(required)" else d for d in docs]
+    docs.append(KeyDoc("task.*", "", "", "a task's columns, labels and metrics: data files, conf/task/NAME.yaml"))
+    width = max(len(d.key) for d in docs)
+    for d in docs:
+        print(f"{d.key:<{width}}  {d.type:<15} {d.default:<12} {d.help}".rstrip())
 
 
 if __name__ == "__main__":

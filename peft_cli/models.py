@@ -141,6 +141,20 @@ def backbone_parameters(model: "nn.Module") -> dict[str, "nn.Parameter"]:
     return {n: p for n, p in model.named_parameters() if not is_head(model, n)}
 
 
+def layout(model: "nn.Module", contains: str = "", limit: int = 6) -> str:
+    """A few of the backbone's parameter names with layer numbers as N (`distilbert.transformer.layer.N.ffn.lin1.bias`):
+    what a method that cannot find its modules shows, so the user can write the right pattern."""
+    import re
+
+    seen: list[str] = []
+    for name in backbone_parameters(model):
+        pattern = re.sub(r"\.\d+\.", ".N.", name)
+        if contains in pattern and pattern not in seen:
+            seen.append(pattern)
+    more = ", ..." if len(seen) > limit else ""
+    return f"{model.config.model_type} model, parameters like " + ", ".join(seen[:limit]) + more
+
+
 def fingerprint(model: "nn.Module") -> str:
     """Names, shapes and a hash of every backbone weight. A mask or artifact carries the
     fingerprint of the backbone it was made for; applying it to another one is refused."""

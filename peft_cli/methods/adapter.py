@@ -43,7 +43,7 @@ ATTR = "adapter"  # child name of the adapted projection
 @dataclass
 class AdapterConfig:
     reduction_factor: int = 16  # bottleneck width = hidden size // reduction_factor
-    activation: str = "relu"
+    activation: str = "relu"  # relu | gelu | silu (= swish) | tanh | identity
 
     def __post_init__(self) -> None:
         if self.reduction_factor < 1:
@@ -82,9 +82,15 @@ class BottleneckAdapters(Method):
             if isinstance(m, nn.Linear) and any(re.search(s, n) for s in self.sites)
         ]
         if not found:
+            from peft_cli.models import layout
+
+            # the site regexes, readable: '\\.layer\\.\\d+\\.output\\.dense$' -> 'layer.N.output.dense'
+            wanted = " and ".join(
+                f"'{s.replace(chr(92) + 'd+', 'N').replace(chr(92), '').strip('.$')}'" for s in self.sites
+            )
             raise UserError(
-                f"method '{self.name}' found no BERT/RoBERTa sub-layer output projection "
-                "('...layer.N.output.dense') in this model"
+                f"method '{self.name}' needs BERT/RoBERTa sub-layer output projections ({wanted}); this "
+                f"{layout(model, 'weight', 8)} has none; with this model use full, bitfit, lora or pafi"
             )
         for _, dense in found:
             d = dense.out_features

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, load_named, slug
-from peft_cli.models import backbone_parameters
+from peft_cli.models import backbone_parameters, layout
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,7 @@ class HiWiConfig:
     )  # regexes (re.search) over backbone parameter names
     r: int | None = None  # bottleneck width; null = the largest width within `budget`, at least 1
     budget: float = 0.005  # adapter parameters / backbone parameters, used when r is null
-    activation: str = "relu"
+    activation: str = "relu"  # relu | gelu | silu | tanh | identity
     shared: bool = False  # true: one adapter for all targets of the same row length (across layers)
 
     def __post_init__(self) -> None:
@@ -79,9 +79,14 @@ def find_targets(model: "nn.Module", patterns: list[str]) -> dict[str, tuple["nn
             if name in backbone and any(re.search(p, name) for p in patterns):
                 out[name] = (module, attr)
     if not out:
+        default = (
+            " (HiWi's default: the FFN's first-layer bias of a BERT/RoBERTa block)"
+            if patterns == DEFAULT_TARGETS
+            else ""
+        )
         raise UserError(
-            f"config key 'method.targets' ({patterns}) matches no backbone parameter of this model "
-            "(names look like 'roberta.encoder.layer.0.intermediate.dense.bias')"
+            f"config key 'method.targets' {patterns}{default} matches no parameter of this "
+            f"{layout(model, 'bias', 10)}; set method.targets to regexes over these names"
         )
     return out
 

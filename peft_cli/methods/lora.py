@@ -7,7 +7,9 @@ the head is the harness's. The artifact holds the A/B matrices only; `merge` fol
 and removes the LoRA layers, leaving a model whose state_dict has the base model's keys.
 
 Defaults follow the LoRA paper's RoBERTa-base GLUE recipe (Table 9): query and value, r = 8,
-alpha = 8, lr 4e-4 to 5e-4; it lists no LoRA dropout, so 0.
+alpha = 8, lr 4e-4 to 5e-4; it lists no LoRA dropout, so 0. The default `[query, value]` means the
+attention's query and value projections whatever a model calls them (DistilBERT: q_lin, v_lin;
+DeBERTa: query_proj, value_proj); targets given explicitly are used as given.
 """
 
 from __future__ import annotations
@@ -27,13 +29,18 @@ if TYPE_CHECKING:
 
 ADAPTER = "default"  # peft's adapter name: parameters are `<module>.lora_A.default.weight`
 
+# What architectures call the attention's query and value projections (module-name suffixes).
+QUERY_VALUE = (("query", "value"), ("q_lin", "v_lin"), ("query_proj", "value_proj"), ("q_proj", "v_proj"))
+
 
 @dataclass
 class LoRAConfig:
-    r: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])  # module-name suffixes
+    r: int = 8  # rank of the update B A
+    alpha: float = 8.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the LoRA branch's input
+    target_modules: list[str] = field(
+        default_factory=lambda: ["query", "value"]
+    )  # module-name suffixes; the default = the query/value projections of any architecture
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -60,15 +67,34 @@ class LoRA(Method):
             tag += "-" + slug(cfg.target_modules)
         return tag
 
+    def _targets(self, model: "nn.Module") -> list[str]:
+        """The module-name suffixes to adapt: the configured ones, with the default query/value
+        pair read as this architecture's names for it. UserError naming the model's Linear layers
+        when none match."""
+        linears = _backbone_linears(model)
+        wanted = list(self.cfg.target_modules)
+        if wanted == LoRAConfig().target_modules:
+            for pair in QUERY_VALUE:
+                if set(pair) <= linears:
+                    return list(pair)
+        if any(t in linears for t in wanted):
+            return wanted
+        raise UserError(
+            f"config key 'method.target_modules' {wanted} names no Linear layer of this "
+            f"{model.config.model_type} model; its Linear layers: {', '.join(sorted(linears))} "
+            "(set e.g. method.target_modules='[NAME,NAME]')"
+        )
+
     def _inject(self, model: "nn.Module") -> "nn.Module":
         from peft import LoraConfig
         from peft.tuners.lora import LoraModel
 
+        self.targets = self._targets(model)
         config = LoraConfig(
             r=self.cfg.r,
             lora_alpha=self.cfg.alpha,
             lora_dropout=self.cfg.dropout,
-            target_modules=list(self.cfg.target_modules),
+            target_modules=self.targets,
             bias="none",
             exclude_modules=rf"(?!{re.escape(model.base_model_prefix)}\.).*",
         )  # never the head
@@ -83,6 +109,9 @@ class LoRA(Method):
 
     def prepare(self, model: "nn.Module") -> "nn.Module":
         return self._inject(model)
+
+    def metadata(self) -> dict[str, str]:
+        return {"lora_targets": ",".join(self.targets)}  # what the default [query, value] meant here
 
     def artifact(self, model: "nn.Module") -> dict[str, "torch.Tensor"]:
         return stored_backbone(model, _is_lora)
@@ -101,6 +130,14 @@ class LoRA(Method):
             merged = self.tuner.merge_and_unload()  # W <- W + (alpha/r) B A; LoRA layers -> their base Linear
         self.tuner = None
         return merged
+
+
+def _backbone_linears(model: "nn.Module") -> set[str]:
+    """The last name component of every Linear in the backbone (`query`, `q_lin`, `dense`, ...)."""
+    from torch import nn
+
+    prefix = model.base_model_prefix + "."
+    return {n.rpartition(".")[2] for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.Linear)}
 
 
 def _is_lora(name: str) -> bool:

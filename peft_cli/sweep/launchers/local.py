@@ -38,7 +38,7 @@ POLL_S = 0.5
 
 @dataclass
 class LocalSettings:
-    name: str = "local"
+    name: str = "local"  # launcher=NAME picks conf/launcher/NAME.yaml
     workers: int = 1  # >1: one worker per GPU (CUDA_VISIBLE_DEVICES per worker)
 
     def __post_init__(self) -> None:

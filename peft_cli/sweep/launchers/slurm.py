@@ -39,23 +39,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class SlurmSettings:
-    name: str = "slurm"
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    name: str = "slurm"  # launcher=NAME picks conf/launcher/NAME.yaml
+    partition: str | None = None  # sbatch --partition; null = the cluster's default
+    account: str | None = None  # sbatch --account
+    qos: str | None = None  # sbatch --qos
     gres: str | None = None  # e.g. gpu:1; null on CPU nodes
-    cpus_per_task: int = 4
+    cpus_per_task: int = 4  # sbatch --cpus-per-task
     mem: str | None = None  # e.g. 32G; null = the partition's default
-    time: str = "04:00:00"
+    time: str = "04:00:00"  # per task; a run checkpoints on USR1 before it and requeues
     array_parallelism: int = 0  # %N: at most N tasks at once; 0 = no limit
-    signal: str | None = "B:USR1@120"
-    requeue: bool = True
+    signal: str | None = "B:USR1@120"  # sbatch --signal: USR1 two minutes before the time limit
+    requeue: bool = True  # requeue a task stopped by that signal (it resumes from its checkpoint)
     job_name: str | None = None  # null = peftx-<sweep>
     extra_sbatch: list[str] = field(default_factory=list)  # e.g. ["--constraint=a100"] or "#SBATCH --exclusive"
     setup: list[str] = field(default_factory=list)  # shell lines run in each task first (module load, activate)
     peftx: str = "peftx"  # the command on the compute nodes, e.g. "python -m peft_cli.cli"
     script: str | None = None  # null = scripts/slurm/sweep.sbatch of this checkout
-    sbatch: str = "sbatch"
+    sbatch: str = "sbatch"  # the sbatch command (a path, or a wrapper)
 
     def __post_init__(self) -> None:
         if self.array_parallelism < 0 or self.cpus_per_task < 1:
