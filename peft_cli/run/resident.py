@@ -81,7 +81,7 @@ class Resident:
         if missing:
             raise UserError(f"{run / 'artifact.safetensors'} lacks head tensor '{missing[0]}'; the file is damaged")
         head = self._head(cfg, {n: tensors.pop(n) for n in head_names}, run)
-        self._to_base()  # staging reads pre-trained values
+        self.to_base()  # staging reads pre-trained values
         return Staged(run, cfg, method, method.stage(self.shared, tensors), head)
 
     def use(self, staged: Staged) -> "nn.Module":
@@ -106,7 +106,8 @@ class Resident:
         """Memory shared by all runs beyond the base model (saved originals, masks)."""
         return self.shared.nbytes
 
-    def _to_base(self) -> None:
+    def to_base(self) -> None:
+        """Restore the pre-trained backbone (no run active)."""
         if self.active is not None:
             self.active.switch.restore()
             self.active = None
