@@ -152,7 +152,8 @@ def bench_resident(runs: list[Path], switches: int, rounds: int) -> dict:
     heads = sum(s.nbytes - s.switch.nbytes for s in staged)
     held = base + resident.nbytes + stored + heads
     vocab = resident.model.config.vocab_size
-    lat = latency(resident.model, {"base": resident.to_base, "switched": lambda: resident.use(staged[1])}, rounds, vocab)
+    forms = {"base": resident.to_base, "switched": lambda: resident.use(staged[1])}
+    lat = latency(resident.model, forms, rounds, vocab)
     return {
         "switch": stats(times),
         "memory": {
@@ -277,7 +278,11 @@ def bench_peft(runs: list[Path], tmp: Path, switches: int, rounds: int) -> dict:
     return {
         "set_adapter": stats(set_times),
         "load_adapter": stats(load_times),
-        "memory": {"adapters_bytes": adapters, "rss_model_bytes": loaded - before, "rss_adapters_bytes": after - loaded},
+        "memory": {
+            "adapters_bytes": adapters,
+            "rss_model_bytes": loaded - before,
+            "rss_adapters_bytes": after - loaded,
+        },
         "latency": {k: stats(v) for k, v in lat.items()},
         "latency_ratio": statistics.median(lat["switched"]) / statistics.median(lat["base"]),
         "noise_iqr_over_median": iqr(lat["base"]),
@@ -292,8 +297,8 @@ def render(r: dict) -> str:
         "# Task switching on one resident base model",
         "",
         f"Reproduce: `{r['command']}`. {r['when']}, {r['device']}, torch {r['torch']}, transformers "
-        f"{r['transformers']}, peft {r['peft_version']}, {r['threads']} thread(s). Model {r['model']}; 8 runs per method, "
-        "one per GLUE task, artifacts built through the method API (scripts/bench/switch.py docstring), not trained. "
+        f"{r['transformers']}, peft {r['peft_version']}, {r['threads']} thread(s). Model {r['model']}; "
+        "8 runs per method, one per GLUE task, artifacts built through the method API (scripts/bench/switch.py docstring), not trained. "
         "Medians; every figure of one table comes from the same process.",
         "",
         "## Switch time and memory (8 tasks resident)",
@@ -323,7 +328,8 @@ def render(r: dict) -> str:
             f"{p['load_adapter']['p90_ms']:.2f} | {reload_ms / p['load_adapter']['median_ms']:.1f}x | | | | |"
         )
     lines += [
-        f"| reload full FT: artifact from disk + copy_ | {reload_ms:.1f} | {rel['artifact_copy']['p90_ms']:.1f} | 1x | | | | |",
+        f"| reload full FT: artifact from disk + copy_ | {reload_ms:.1f} | {rel['artifact_copy']['p90_ms']:.1f} "
+        "| 1x | | | | |",
         f"| reload full FT: `from_pretrained` | {fp_ms:.1f} | {rel['from_pretrained']['p90_ms']:.1f} | "
         f"{reload_ms / fp_ms:.2f}x | | | | |",
         "",
