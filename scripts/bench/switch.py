@@ -298,7 +298,8 @@ def render(r: dict) -> str:
         "",
         f"Reproduce: `{r['command']}`. {r['when']}, {r['device']}, torch {r['torch']}, transformers "
         f"{r['transformers']}, peft {r['peft_version']}, {r['threads']} thread(s). Model {r['model']}; "
-        "8 runs per method, one per GLUE task, artifacts built through the method API (scripts/bench/switch.py docstring), not trained. "
+        "8 runs per method, one per GLUE task, artifacts built through the method API "
+        "(scripts/bench/switch.py docstring), not trained. "
         "Medians; every figure of one table comes from the same process.",
         "",
         "## Switch time and memory (8 tasks resident)",
