@@ -10,6 +10,9 @@ and then switched in and out in place, as often as needed:
 `Shared` is what the runs on one resident model share: the model's parameters, the pre-trained
 values of every entry some run writes (saved once, before any run writes them), and whatever a
 method loads once for all its runs (PaFi: the shared mask's indices and the base values there).
+It also lays the backbone's parameters out as views into one flat buffer (`flat`, each tensor at
+a 64-byte aligned offset), so a method that writes scattered entries of many tensors does it with
+one indexed copy instead of one per tensor (PaFi: ~100 tensors on MiniLM, one `index_copy_`).
 
 Two switches with the same `footprint` write exactly the same entries with no dependence on what
 is there: going from one to the other needs no restore (PaFi runs on one mask, HiWi/BitFit runs
@@ -39,6 +42,13 @@ class Shared:
         self._originals: dict[str, "torch.Tensor"] = {}
         self._cache: dict[str, Any] = {}
         self.writing = False  # set by the run layer once a switch has been applied (originals are then gone)
+        self.flat, self.offsets = _flatten(model)
+
+    def flat_indices(self, name: str, idx: "torch.Tensor") -> "torch.Tensor | None":
+        """Flat indices `idx` of parameter `name` as indices into `flat`; None if it is not in `flat`."""
+        if name not in self.offsets:
+            return None
+        return idx.to(self.flat.device) + self.offsets[name]
 
     def param(self, name: str, what: str) -> "nn.Parameter":
         """The resident model's parameter `name`; UserError if the artifact names another one."""
@@ -66,7 +76,8 @@ class Shared:
     @property
     def nbytes(self) -> int:
         """Memory held for all runs together (saved originals, shared masks), beyond the model."""
-        return sum(t.nbytes for t in self._originals.values()) + sum(_nbytes(v) for v in self._cache.values())
+        unique = {id(v): v for v in self._cache.values()}.values()  # one object may sit under two keys
+        return sum(t.nbytes for t in self._originals.values()) + sum(_nbytes(v) for v in unique)
 
 
 class Switch(ABC):
@@ -114,6 +125,34 @@ class WriteTensors(Switch):
         return sum(v.nbytes for v in self.values)
 
 
+ALIGN = 16  # elements: 64-byte aligned fp32 views, as a fresh allocation would be
+
+
+def _flatten(model: "nn.Module") -> tuple["torch.Tensor | None", dict[str, int]]:
+    """Make every backbone parameter a view into one flat buffer; (buffer, name -> offset).
+    Left as they are (None, {}) when the backbone mixes dtypes or devices."""
+    import torch
+
+    from peft_cli.models import backbone_parameters
+
+    params = backbone_parameters(model)
+    kinds = {(p.dtype, p.device) for p in params.values()}
+    if len(kinds) != 1:
+        return None, {}
+    dtype, device = kinds.pop()
+    offsets, total = {}, 0
+    for name, p in params.items():
+        offsets[name] = total
+        total += -(-p.numel() // ALIGN) * ALIGN
+    flat = torch.zeros(total, dtype=dtype, device=device)
+    with torch.no_grad():
+        for name, p in params.items():
+            view = flat[offsets[name] : offsets[name] + p.numel()].view(p.shape)
+            view.copy_(p.detach())
+            p.data = view  # the same Parameter object, its storage now in `flat`
+    return flat, offsets
+
+
 def _copy(dst: list["nn.Parameter"], src: list["torch.Tensor"]) -> None:
     import torch
 
@@ -129,6 +168,8 @@ def _nbytes(value: Any) -> int:
         return 0  # the model's own
     if torch.is_tensor(value):
         return value.nbytes
+    if isinstance(getattr(type(value), "nbytes", None), property):
+        return value.nbytes  # an object that knows what it holds (and what it only points to)
     if isinstance(value, (list, tuple)):
         return sum(_nbytes(v) for v in value)
     if isinstance(value, dict):

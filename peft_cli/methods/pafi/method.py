@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from peft_cli.core.config import MaskConfig, RunConfig
+    from peft_cli.methods.pafi.switch import MaskOn
 
 DTYPES = ("fp32", "fp16", "bf16")
 VALUES = "pafi.values"  # (k,) in mask order
@@ -158,15 +159,24 @@ class PaFi(Method):
         from peft_cli.methods.pafi.switch import MaskOn, Scatter
 
         values = _values(tensors)
-        if self._fisher:  # task-specific indices, stored with the values
+        if self._fisher:  # task-specific indices, stored with the values: a mask of its own
             indices = self._stored_indices(shared.model, tensors)
             found = digest(indices)
+            self._check_digest(found)
+            on = shared.once(f"pafi-on:{found}", lambda: MaskOn(shared, indices, found))
         else:  # the shared mask: read from disk and placed on the model once for all its runs
             path = mask_path(self.ctx.results_dir, self.ctx.model_name, self.ctx.mask)
-            indices, found = shared.once(f"pafi-mask:{path}", lambda: _with_digest(self._shared_mask(shared.model)))
-        self._check_digest(found)
-        on = shared.once(f"pafi-on:{found}", lambda: MaskOn(shared, indices, found))
+            on = shared.once(f"pafi-mask:{path}", lambda: self._place(shared))
+            self._check_digest(on.digest)
         return Scatter(on, values)
+
+    def _place(self, shared: Shared) -> "MaskOn":
+        """The shared mask, read and placed on the resident model (once per mask content)."""
+        from peft_cli.methods.pafi.switch import MaskOn
+
+        indices = self._shared_mask(shared.model)
+        found = digest(indices)
+        return shared.once(f"pafi-on:{found}", lambda: MaskOn(shared, indices, found))
 
     @property
     def _fisher(self) -> bool:
@@ -193,7 +203,3 @@ def _values(tensors: dict[str, "torch.Tensor"]) -> "torch.Tensor":
     if VALUES not in tensors:
         raise UserError(f"artifact has no '{VALUES}' tensor: not a PaFi artifact")
     return tensors[VALUES]
-
-
-def _with_digest(indices: dict[str, "torch.Tensor"]) -> tuple[dict[str, "torch.Tensor"], str]:
-    return indices, digest(indices)

@@ -2,8 +2,10 @@
 
 All runs trained on one shared mask write the same entries, so the indices (and the pre-trained
 values there, for restoring) are loaded once for all of them (`MaskOn`); a run holds only its k
-values, cast once to the model's dtype and split per tensor. Switching between two runs of one
-mask is one `index_copy_` per masked tensor and needs no restore in between (same footprint).
+values, cast once to the model's dtype. With the backbone laid out in one flat buffer
+(methods/resident.py) the mask becomes k indices into it and a switch is one `index_copy_` of k
+values; otherwise one per masked tensor. Two runs of one mask need no restore in between (same
+footprint).
 FISH runs carry their own indices: each gets its own `MaskOn` and a footprint of its own.
 """
 
@@ -18,34 +20,44 @@ from peft_cli.methods.pafi.sparse import lookup
 from peft_cli.methods.resident import Shared, Switch
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import Tensor
 
 
 class MaskOn:
-    """A mask placed on a resident model: (parameter, int64 flat indices) per masked tensor, in mask
-    order, and the pre-trained values at those entries, (k,) concatenated in the same order."""
+    """A mask placed on a resident model: int64 indices into the flat buffer (one target), or per
+    masked tensor into its flat view (fallback), in mask order, and the pre-trained values there."""
 
     def __init__(self, shared: Shared, indices: dict[str, "Tensor"], digest: str) -> None:
         if shared.writing:
             raise RuntimeError("stage runs while the resident model holds the base values (restore first)")
         found = lookup(shared.model, indices)
-        self.params: list["nn.Parameter"] = [p for p, _ in found.values()]
-        self.indices: list["Tensor"] = [i for _, i in found.values()]
-        self.sizes = [i.numel() for i in self.indices]
-        self.k = sum(self.sizes)
+        self.k = sum(i.numel() for _, i in found.values())
         self.digest = digest
+        flat = [shared.flat_indices(name, i) for name, (_, i) in found.items()]
+        if found and all(i is not None for i in flat):  # (k,) indices into the flat buffer
+            self.targets: list["Tensor"] = [shared.flat]
+            self.indices: list["Tensor"] = [torch.cat(flat)]
+        else:
+            self.targets = [p.data.view(-1) for p, _ in found.values()]
+            self.indices = [i for _, i in found.values()]
+        self.sizes = [i.numel() for i in self.indices]
         with torch.no_grad():  # (k,): the pre-trained values at the mask's entries, for `restore`
-            base = [p.detach().view(-1)[i] for p, i in zip(self.params, self.indices, strict=True)]
+            base = [t[i] for t, i in zip(self.targets, self.indices, strict=True)]
         self.base = self.split(torch.cat(base)) if base else []
 
-    def split(self, flat: "Tensor") -> list["Tensor"]:
-        """(k,) values -> one view per masked tensor (no copy)."""
-        return list(flat.split(self.sizes))
+    @property
+    def nbytes(self) -> int:
+        """Indices and base values; the targets are the model's."""
+        return sum(i.nbytes for i in self.indices) + sum(b.nbytes for b in self.base)
+
+    def split(self, values: "Tensor") -> list["Tensor"]:
+        """(k,) values -> one view per target (no copy)."""
+        return list(values.split(self.sizes))
 
     def scatter(self, parts: list["Tensor"]) -> None:
         with torch.no_grad():
-            for p, i, v in zip(self.params, self.indices, parts, strict=True):
-                p.data.view(-1).index_copy_(0, i, v)
+            for t, i, v in zip(self.targets, self.indices, parts, strict=True):
+                t.index_copy_(0, i, v)
 
 
 class Scatter(Switch):
@@ -54,10 +66,9 @@ class Scatter(Switch):
     def __init__(self, on: MaskOn, values: "Tensor") -> None:
         if values.numel() != on.k:
             raise UserError(f"PaFi values have {values.numel()} entries but the mask selects k={on.k}: wrong mask?")
-        p0 = on.params[0] if on.params else None
         flat = values.reshape(-1)
-        if p0 is not None:  # the same cast `apply_values` does, so logits equal a fresh load's
-            flat = flat.to(device=p0.device, dtype=p0.dtype)
+        if on.targets:  # the same cast `apply_values` does, so logits equal a fresh load's
+            flat = flat.to(device=on.targets[0].device, dtype=on.targets[0].dtype)
         self.on = on
         self.values = flat
         self.parts = on.split(flat)
