@@ -289,58 +289,71 @@ def bench_peft(runs: list[Path], tmp: Path, switches: int, rounds: int) -> dict:
     }
 
 
+def times(x: float) -> str:
+    """A speed ratio: 68x, 1.2x, 0.40x."""
+    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x" if x >= 1 else f"{x:.2f}x"
+
+
 def render(r: dict) -> str:
     res, rel = r["resident"], r["reload"]
-    reload_ms = rel["artifact_copy"]["median_ms"]
+    copy_ms = rel["artifact_copy"]["median_ms"]
     fp_ms = rel["from_pretrained"]["median_ms"]
+
+    def row(name: str, t: dict, mem: dict | None, per_task: float | None) -> str:
+        m = t["median_ms"]
+        cells = [name, f"{m:.3f}", f"{t['p90_ms']:.3f}", times(copy_ms / m), times(fp_ms / m)]
+        if mem:
+            cells += [
+                f"{mem['held_bytes'] / 1e6:.1f}",
+                f"{mem['held_over_base']:.3f}",
+                f"{mem['held_over_base_plus_stored_plus_heads']:.3f}",
+            ]
+        else:
+            cells += ["", "", ""]
+        cells.append(f"{per_task / 1e3:.1f}" if per_task is not None else "")
+        return "| " + " | ".join(cells) + " |"
+
     lines = [
         "# Task switching on one resident base model",
         "",
         f"Reproduce: `{r['command']}`. {r['when']}, {r['device']}, torch {r['torch']}, transformers "
         f"{r['transformers']}, peft {r['peft_version']}, {r['threads']} thread(s). Model {r['model']}; "
         "8 runs per method, one per GLUE task, artifacts built through the method API "
-        "(scripts/bench/switch.py docstring), not trained. "
-        "Medians; every figure of one table comes from the same process.",
+        "(scripts/bench/switch.py docstring), not trained. Medians; every figure comes from the same "
+        "process, on a 2-core box shared with other jobs (load 8-12): p90s show their preemptions.",
         "",
         "## Switch time and memory (8 tasks resident)",
         "",
-        "| method | switch ms (median) | p90 ms | vs reload full FT from disk | held MB | held / base | "
-        "held / (base + 8 stored + heads) | stored per task KB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "A switch = `Resident.use(run)`: restore what the previous run changed (where needed), apply the "
+        "next run, swap the head. Speed-ups are against reloading a fully fine-tuned model per task, "
+        f"measured in the same run: reading its artifact and copying it into a loaded model ({copy_ms:.1f} ms), "
+        f"or `from_pretrained` of an exported model ({fp_ms:.1f} ms).",
+        "",
+        "| method | switch ms (median) | p90 ms | vs artifact + copy_ | vs from_pretrained | held MB | "
+        "held / base | held / (base + 8 stored + heads) | stored per task KB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in r["methods"]:
         x = res[m]
-        mem = x["memory"]
-        lines.append(
-            f"| {m} | {x['switch']['median_ms']:.3f} | {x['switch']['p90_ms']:.3f} | "
-            f"{reload_ms / x['switch']['median_ms']:.0f}x faster | {mem['held_bytes'] / 1e6:.1f} | "
-            f"{mem['held_over_base']:.3f} | {mem['held_over_base_plus_stored_plus_heads']:.3f} | "
-            f"{mem['stored_bytes'] / 8 / 1e3:.1f} |"
-        )
+        lines.append(row(m, x["switch"], x["memory"], x["memory"]["stored_bytes"] / 8))
     if "peft" in r:
         p = r["peft"]
-        lines.append(
-            f"| peft LoRA `set_adapter` | {p['set_adapter']['median_ms']:.3f} | {p['set_adapter']['p90_ms']:.3f} | "
-            f"{reload_ms / p['set_adapter']['median_ms']:.0f}x faster | | | | "
-            f"{p['memory']['adapters_bytes'] / 8 / 1e3:.1f} |"
-        )
-        lines.append(
-            f"| peft LoRA `load_adapter` (disk) | {p['load_adapter']['median_ms']:.2f} | "
-            f"{p['load_adapter']['p90_ms']:.2f} | {reload_ms / p['load_adapter']['median_ms']:.1f}x | | | | |"
-        )
+        lines.append(row("peft LoRA `set_adapter`", p["set_adapter"], None, p["memory"]["adapters_bytes"] / 8))
+        lines.append(row("peft LoRA `load_adapter` (disk)", p["load_adapter"], None, None))
     lines += [
-        f"| reload full FT: artifact from disk + copy_ | {reload_ms:.1f} | {rel['artifact_copy']['p90_ms']:.1f} "
-        "| 1x | | | | |",
-        f"| reload full FT: `from_pretrained` | {fp_ms:.1f} | {rel['from_pretrained']['p90_ms']:.1f} | "
-        f"{reload_ms / fp_ms:.2f}x | | | | |",
+        row("reload full FT: artifact + copy_", rel["artifact_copy"], None, None),
+        row("reload full FT: `from_pretrained`", rel["from_pretrained"], None, None),
         "",
         "held = the base model's backbone + every run's staged tensors and head + what the runs share "
-        "(the pre-trained values of the entries they overwrite, PaFi's mask indices). RSS growth while "
-        "staging the 8 runs: "
+        "(the pre-trained values of the entries they overwrite, PaFi's mask indices and base values). "
+        "RSS growth while staging the 8 runs: "
         + ", ".join(f"{m} {res[m]['memory']['rss_staging_bytes'] / 1e6:.1f} MB" for m in r["methods"])
-        + ".",
+        + ". peft's figures leave out the heads (peft would keep them as modules_to_save).",
         "",
         "## Inference latency after a switch (batch 1, 128 tokens)",
+        "",
+        "The resident model switched to a run against the same model restored to the base, passes "
+        "interleaved in random order; peft: LoRA active (unmerged) against the adapter disabled.",
         "",
         "| method | switched ms | base ms | ratio | base IQR / median |",
         "|---|---:|---:|---:|---:|",
@@ -359,7 +372,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny random BERT, few repetitions, results to /tmp")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="stem of the .md/.json written (default results/bench/switch)")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md beside a results .json")
     args = ap.parse_args()
+    if args.render:
+        from peft_cli.core import files
+
+        path = Path(args.render)
+        files.write_text(path.with_suffix(".md"), render(json.loads(path.read_text())))
+        return
 
     import peft
     import torch
