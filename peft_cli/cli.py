@@ -355,5 +355,43 @@ def _list_keys() -> None:
         print(f"{d.key:<{width}}  {d.type:<15} {d.default:<12} {d.help}".rstrip())
 
 
+@app.command()
+@command
+def predict(
+    args: List[str] = typer.Argument(..., help="run folders, then optional key=value patches of their configs"),
+    input: Optional[str] = typer.Option(
+        None, "--input", "-i", help="TSV (header row) or JSONL with the task's text columns; '-' reads stdin"
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="file (one run) or folder (several runs, --glue-test); default stdout"
+    ),
+    scores: Optional[str] = typer.Option(None, "--scores", help="add one column per label: probs or logits"),
+    glue_test: bool = typer.Option(
+        False, "--glue-test", help="label each task's unlabeled GLUE test set into leaderboard files in --output"
+    ),
+    debug: bool = DEBUG,
+) -> None:
+    """Predict labels for new text; several runs share one resident base model.
+
+    Example: peftx predict results/runs/cpu_minilm/minilm-l6/pafi-smallest-d0.005/sst2/seed1 --input reviews.tsv
+    """
+    from peft_cli.core.errors import UserError
+    from peft_cli.run.predict import glue_submission, predict_runs
+
+    runs = [Path(a) for a in args if "=" not in a]
+    overrides = _dotted([a for a in args if "=" in a])
+    if glue_test:
+        if input is not None:
+            raise UserError("--glue-test reads each task's test files; drop --input")
+        out = output or Path("glue_submission")
+        for path in glue_submission(runs, out, overrides):
+            _err(f"wrote {path}")
+        return
+    if input is None:
+        raise UserError("give --input FILE (TSV or JSONL with the task's text columns) or --input - for stdin")
+    for path in predict_runs(runs, input, output, scores, overrides):
+        _err(f"wrote {path}")
+
+
 if __name__ == "__main__":
     app()

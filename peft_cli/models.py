@@ -69,8 +69,9 @@ def load_model(cfg: ModelConfig, task: TaskConfig) -> "nn.Module":
     where = model_location(cfg)
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected, not news
+    hf_logging.disable_progress_bar()  # nor a "Loading weights" bar on the stderr of `peftx predict`
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             where, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
@@ -80,6 +81,8 @@ def load_model(cfg: ModelConfig, task: TaskConfig) -> "nn.Module":
         raise UserError(f"cannot load model '{cfg.name}' from {where}: {_first_line(e)}{hint}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def check_model(cfg: ModelConfig) -> None:

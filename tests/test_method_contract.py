@@ -5,6 +5,8 @@
 * trainable and stored counts are the method's, computed by hand from the model's shapes;
 * `artifact()` loaded into a freshly loaded base model gives the trained logits;
 * `merge()` gives a plain model with the same logits, or raises NotMergeable;
+* `stage()` on a resident base model: `apply` gives the trained logits, `restore` the base model bit
+  for bit, `apply` again the same logits bit for bit (non-mergeable methods refuse, exit 2);
 * the tag is a pure function of the config.
 
 Method-specific behaviour (HiWi's rows, LoRA's head exclusion, PaFi's sparse gradients) has its
@@ -22,10 +24,11 @@ import torch
 
 from conftest import prepare, tiny_overrides
 from peft_cli.core.compose import compose
-from peft_cli.core.errors import NotMergeable
+from peft_cli.core.errors import NotMergeable, UserError
 from peft_cli.core.runtime import seed_everything
 from peft_cli.methods import REGISTRY, MethodContext, build_method, method_class
 from peft_cli.methods.base import load_named
+from peft_cli.methods.resident import Shared
 from peft_cli.models import backbone_parameters, fingerprint, load_model
 from peft_cli.run.assemble import assemble
 from peft_cli.run.identity import method_tag
@@ -140,6 +143,31 @@ def test_counts_artifact_reload_and_merge(trained, model, method):
     assert type(merged) is type(base) and set(merged.state_dict()) == set(base.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(merged(**x).logits, after, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model, method", CASES)
+def test_stage_switches_in_and_out_of_a_resident_model(trained, model, method):
+    cfg, base, m, model_t, head, _ = trained(model, method)
+    x = _inputs()
+    resident = copy.deepcopy(base)
+    load_named(resident, {n: p.detach() for n, p in head.items()})
+    before = {n: p.detach().clone() for n, p in resident.named_parameters()}
+    stager = build_method(cfg.method, MethodContext(model, fingerprint(base), Path(cfg.results.dir), cfg.mask))
+    stager.check_metadata(m.metadata())
+    if not method_class(method).mergeable:
+        with pytest.raises(UserError, match="cannot switch"):
+            stager.stage(Shared(resident), m.artifact(model_t))
+        return
+    switch = stager.stage(Shared(resident), m.artifact(model_t))
+    with torch.no_grad():
+        after = model_t(**x).logits
+        switch.apply()
+        first = resident(**x).logits
+        switch.restore()
+        assert all(torch.equal(p, before[n]) for n, p in resident.named_parameters())
+        switch.apply()
+        assert torch.equal(resident(**x).logits, first)
+    torch.testing.assert_close(first, after, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", list(REGISTRY))

@@ -21,6 +21,24 @@ from peft_cli.core.errors import UserError
 # schemas
 
 
+# Field metadata of keys that say where things are or how a run is watched, not what it computes:
+# they are left out of a run's identity (its config hash and its folder name).
+WATCH = {"identity": False}
+# Keys that hold a file or folder: stored absolute in a run's config.yaml (core/compose.py), so a
+# run folder can be evaluated from any directory. Where data lives is not what a run computes.
+PATH = {"identity": False, "path": True}
+
+
+def is_identity(f: dataclasses.Field) -> bool:
+    """Whether a schema field changes what a run computes (see WATCH)."""
+    return f.metadata.get("identity", True)
+
+
+def is_path(f: dataclasses.Field) -> bool:
+    """Whether a schema field holds a file or folder (see PATH)."""
+    return f.metadata.get("path", False)
+
+
 @dataclass
 class TsvSpec:
     """How a classic GLUE TSV folder stores one task."""
@@ -42,6 +60,23 @@ class HubSpec:
 
 
 @dataclass
+class GlueTestSpec:
+    """The task's unlabeled GLUE test file(s) and the leaderboard's file layout (`peftx predict --glue-test`)."""
+
+    files: list[str]  # unlabeled test files in the task's folder, e.g. [test.tsv]; MNLI: matched, mismatched
+    outputs: list[str]  # the submission file written for each, e.g. [CoLA.tsv]; MNLI: [MNLI-m.tsv, MNLI-mm.tsv]
+    columns: dict[str, str]  # index, text_a[, text_b] -> header name in the test file
+    labels: list[str] | None = None  # spellings the GLUE server expects, in label-id order; null = `labels`
+
+    def __post_init__(self) -> None:
+        if len(self.files) != len(self.outputs) or not self.files:
+            raise UserError("config key 'task.glue_test' needs one output name per test file (files, outputs)")
+        for key in ("index", "text_a"):
+            if key not in self.columns:
+                raise UserError(f"config key 'task.glue_test.columns' lacks '{key}'")
+
+
+@dataclass
 class TaskConfig:
     name: str
     folder: str  # folder in the classic GLUE layout, e.g. RTE
@@ -54,6 +89,8 @@ class TaskConfig:
     hub: HubSpec
     dev_suffixes: list[str] = field(default_factory=lambda: [""])  # metric suffix per dev set ("_mm")
     skip_short_rows: bool = False  # QQP: skip malformed TSV rows, as GLUE's reference processors do
+    # GLUE leaderboard files; only `peftx predict --glue-test` reads them (not part of a run's identity)
+    glue_test: GlueTestSpec | None = field(default=None, metadata=WATCH)
 
     @property
     def num_labels(self) -> int:
@@ -75,24 +112,6 @@ class ModelConfig:
     init_seed: int = 0  # source=random: the "pre-trained" weights are a function of this seed
     revision: str | None = None  # hub branch, tag or commit; null = main
     trust_remote_code: bool = False  # run model code from the hub; off unless you set it
-
-
-# Field metadata of keys that say where things are or how a run is watched, not what it computes:
-# they are left out of a run's identity (its config hash and its folder name).
-WATCH = {"identity": False}
-# Keys that hold a file or folder: stored absolute in a run's config.yaml (core/compose.py), so a
-# run folder can be evaluated from any directory. Where data lives is not what a run computes.
-PATH = {"identity": False, "path": True}
-
-
-def is_identity(f: dataclasses.Field) -> bool:
-    """Whether a schema field changes what a run computes (see WATCH)."""
-    return f.metadata.get("identity", True)
-
-
-def is_path(f: dataclasses.Field) -> bool:
-    """Whether a schema field holds a file or folder (see PATH)."""
-    return f.metadata.get("path", False)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 from peft_cli.core.errors import NotMergeable, UserError
+from peft_cli.methods.resident import Shared, Switch, WriteTensors
 from peft_cli.models import backbone_parameters
 
 if TYPE_CHECKING:  # keep `peftx --help` free of torch
@@ -111,6 +112,17 @@ class Method(ABC):
     def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
         """Apply `artifact()`'s tensors to a freshly loaded base model; return it ready for
         inference (its logits equal the trained model's)."""
+
+    def stage(self, shared: Shared, tensors: dict[str, "torch.Tensor"]) -> Switch:
+        """Stage `artifact()`'s tensors (header checked by `check_metadata`) on a resident base model, for
+        switching in place (methods/resident.py): `apply()` must give the backbone `load` gives, `restore()`
+        the base model bit for bit. Default: the artifact is named backbone tensors, written over the model's."""
+        if not self.mergeable:
+            raise UserError(
+                f"method '{self.name}' adds modules to the model, so its runs cannot switch on a resident "
+                "base model; peftx predict takes runs of methods that merge (peftx eval scores this one)"
+            )
+        return WriteTensors(shared, tensors, self.name)
 
     def finalize(self, model: "nn.Module") -> None:
         """Called once after the best epoch is restored, before the test split is scored: make the
@@ -200,7 +212,14 @@ def load_backbone(
     model: "nn.Module", tensors: dict[str, "torch.Tensor"], keep: Callable[[str], bool], what: str
 ) -> None:
     """`load_named`, after checking that every backbone tensor passing `keep` is in the artifact."""
+    check_complete(model, tensors, keep, what)
+    load_named(model, tensors)
+
+
+def check_complete(
+    model: "nn.Module", tensors: dict[str, "torch.Tensor"], keep: Callable[[str], bool], what: str
+) -> None:
+    """UserError unless every backbone tensor passing `keep` is in the artifact."""
     missing = sorted(n for n in backbone_parameters(model) if keep(n) and n not in tensors)
     if missing:
         raise UserError(f"artifact lacks {what} tensor '{missing[0]}': was it trained with other method.* settings?")
-    load_named(model, tensors)

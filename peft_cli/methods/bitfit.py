@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from peft_cli.methods.base import Method, NoOptions, load_backbone, stored_backbone
+from peft_cli.methods.base import Method, NoOptions, check_complete, load_backbone, stored_backbone
+from peft_cli.methods.resident import WriteTensors
 from peft_cli.models import backbone_parameters
 
 
@@ -27,3 +28,7 @@ class BitFit(Method):
     def load(self, model, tensors):
         load_backbone(model, tensors, _is_bias, "bias")
         return model
+
+    def stage(self, shared, tensors):
+        check_complete(shared.model, tensors, _is_bias, "bias")
+        return WriteTensors(shared, tensors, "bias")

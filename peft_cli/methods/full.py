@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from peft_cli.methods.base import Method, NoOptions, load_backbone, stored_backbone
+from peft_cli.methods.base import Method, NoOptions, check_complete, load_backbone, stored_backbone
+from peft_cli.methods.resident import WriteTensors
 from peft_cli.models import backbone_parameters
 
 
@@ -25,3 +26,8 @@ class Full(Method):
     def load(self, model, tensors):
         load_backbone(model, tensors, _everything, "backbone")
         return model
+
+    def stage(self, shared, tensors):
+        # the baseline: every backbone tensor is copied in, and the base model is kept as a second copy
+        check_complete(shared.model, tensors, _everything, "backbone")
+        return WriteTensors(shared, tensors, "backbone")

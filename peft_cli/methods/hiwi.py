@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, load_named, slug
+from peft_cli.methods.resident import Shared, Switch, WriteTensors
 from peft_cli.models import backbone_parameters, layout
 
 if TYPE_CHECKING:
@@ -156,12 +157,19 @@ class HiWi(Method):
         return {"hiwi_r": str(self.r)}
 
     def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
+        self._check_targets(model, tensors)
+        load_named(model, tensors)  # g(p) written over p: a plain model
+        return model
+
+    def stage(self, shared: Shared, tensors: dict[str, "torch.Tensor"]) -> Switch:
+        self._check_targets(shared.model, tensors)
+        return WriteTensors(shared, tensors, "HiWi")  # the merged g(p): switching writes them, nothing is computed
+
+    def _check_targets(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> None:
         expected = set(find_targets(model, self.cfg.targets))
         if set(tensors) != expected:
             odd = sorted(set(tensors) ^ expected)[0]
             raise UserError(f"artifact and method.targets disagree on '{odd}': was it trained with other targets?")
-        load_named(model, tensors)  # g(p) written over p: a plain model
-        return model
 
     def finalize(self, model: "nn.Module") -> None:
         # Fold g(p) into p, in fp32, before the test split is scored: the run then scores the very

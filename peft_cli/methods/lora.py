@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, load_backbone, slug, stored_backbone
+from peft_cli.methods.resident import Shared, Switch
 
 if TYPE_CHECKING:
     import torch
@@ -121,6 +122,9 @@ class LoRA(Method):
         load_backbone(model, tensors, _is_lora, "LoRA")
         return model
 
+    def stage(self, shared: Shared, tensors: dict[str, "torch.Tensor"]) -> Switch:
+        return Merge(shared, tensors, self.cfg.alpha / self.cfg.r)  # peft's scaling (no rsLoRA)
+
     def merge(self, model: "nn.Module") -> "nn.Module":
         if getattr(self, "tuner", None) is None or self.tuner.model is not model:
             raise RuntimeError("merge() needs the model this LoRA instance prepared or loaded")
@@ -142,3 +146,46 @@ def _backbone_linears(model: "nn.Module") -> set[str]:
 
 def _is_lora(name: str) -> bool:
     return f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name
+
+
+class Merge(Switch):
+    """LoRA on a resident model: merge W <- W + (B A) * scaling on apply, as peft's merge computes it;
+    restore copies W's pre-trained values back (unmerging by subtraction would not give W's bits back).
+    No footprint: the merge adds to what is there, so every switch restores first."""
+
+    def __init__(self, shared: Shared, tensors: dict[str, "torch.Tensor"], scaling: float) -> None:
+        pairs: dict[str, dict[str, "torch.Tensor"]] = {}
+        for name, t in tensors.items():
+            if not _is_lora(name):
+                raise UserError(f"artifact tensor '{name}' is not a LoRA matrix; was it made by another method?")
+            module, _, rest = name.partition(".lora_")  # rest: "A.default.weight"
+            pairs.setdefault(module, {})[rest[0]] = t
+        self.weights, self.products, self.originals = [], [], []
+        for module, ab in pairs.items():
+            if set(ab) != {"A", "B"}:
+                raise UserError(f"artifact holds only lora_{''.join(ab)} of '{module}'; the file is damaged")
+            w = shared.param(module + ".weight", "LoRA target")
+            a, b = ab["A"], ab["B"]  # A (r, in), B (out, r)
+            if a.shape[1] != w.shape[1] or b.shape[0] != w.shape[0] or a.shape[0] != b.shape[1]:
+                raise UserError(f"LoRA matrices of '{module}' do not fit its weight {tuple(w.shape)}")
+            self.weights.append(w)
+            self.products.append((b.to(w.device, w.dtype), a.to(w.device, w.dtype)))
+            self.originals.append(shared.original(module + ".weight"))
+        self.scaling = scaling
+
+    def apply(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for w, (b, a) in zip(self.weights, self.products, strict=True):
+                w.data += (b @ a) * self.scaling  # (out, r) @ (r, in): peft's get_delta_weight, then its merge
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            torch._foreach_copy_([w.data for w in self.weights], self.originals)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for b, a in self.products)

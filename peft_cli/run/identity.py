@@ -38,6 +38,12 @@ ABBREVIATIONS = {
 MAX_SETTING_CHARS = 80  # longer settings are named by a hash (result.json and config.yaml spell them out)
 
 
+def _identity_fields(obj: Any) -> dict[str, Any]:
+    """A schema object as a dict, without its WATCH fields (core/config.py)."""
+    keep = {f.name for f in dataclasses.fields(obj) if is_identity(f)}
+    return {k: v for k, v in dataclasses.asdict(obj).items() if k in keep}
+
+
 def config_hash(cfg: RunConfig) -> str:
     """Two runs with the same hash are the same run. Paths and watch keys (core/config.py WATCH) say
     *where* things are or how a run is watched, not *what* it is, so they are left out: moving the
@@ -45,7 +51,7 @@ def config_hash(cfg: RunConfig) -> str:
     d = {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
-        "task": dataclasses.asdict(cfg.task),
+        "task": _identity_fields(cfg.task),
         "model": dataclasses.asdict(cfg.model),
     }
     for section in ("train", "data", "mask", "results"):

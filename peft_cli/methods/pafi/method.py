@@ -32,12 +32,14 @@ from peft_cli.methods.pafi.store import (
     spec_of,
     variant,
 )
+from peft_cli.methods.resident import Shared, Switch
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from peft_cli.core.config import MaskConfig, RunConfig
+    from peft_cli.methods.pafi.switch import MaskOn
 
 DTYPES = ("fp32", "fp16", "bf16")
 VALUES = "pafi.values"  # (k,) in mask order
@@ -147,24 +149,57 @@ class PaFi(Method):
     def load(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> "nn.Module":
         from peft_cli.methods.pafi.sparse import apply_values
 
-        if VALUES not in tensors:
-            raise UserError(f"artifact has no '{VALUES}' tensor: not a PaFi artifact")
-        if self.ctx.mask.strategy == "fisher":
-            indices = in_model_order(
-                model, {k.removeprefix(INDICES): v for k, v in tensors.items() if k.startswith(INDICES)}
-            )
-        else:
-            indices = self._shared_mask(model)
+        values = _values(tensors)
+        indices = self._stored_indices(model, tensors) if self._fisher else self._shared_mask(model)
+        self._check_digest(digest(indices))
+        apply_values(model, indices, values)
+        return model
+
+    def stage(self, shared: Shared, tensors: dict[str, "torch.Tensor"]) -> Switch:
+        from peft_cli.methods.pafi.switch import MaskOn, Scatter
+
+        values = _values(tensors)
+        if self._fisher:  # task-specific indices, stored with the values: a mask of its own
+            indices = self._stored_indices(shared.model, tensors)
+            found = digest(indices)
+            self._check_digest(found)
+            on = shared.once(f"pafi-on:{found}", lambda: MaskOn(shared, indices, found))
+        else:  # the shared mask: read from disk and placed on the model once for all its runs
+            path = mask_path(self.ctx.results_dir, self.ctx.model_name, self.ctx.mask)
+            on = shared.once(f"pafi-mask:{path}", lambda: self._place(shared))
+            self._check_digest(on.digest)
+        return Scatter(on, values)
+
+    def _place(self, shared: Shared) -> "MaskOn":
+        """The shared mask, read and placed on the resident model (once per mask content)."""
+        from peft_cli.methods.pafi.switch import MaskOn
+
+        indices = self._shared_mask(shared.model)
+        found = digest(indices)
+        return shared.once(f"pafi-on:{found}", lambda: MaskOn(shared, indices, found))
+
+    @property
+    def _fisher(self) -> bool:
+        return self.ctx.mask.strategy == "fisher"
+
+    def _stored_indices(self, model: "nn.Module", tensors: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+        return in_model_order(model, {k.removeprefix(INDICES): v for k, v in tensors.items() if k.startswith(INDICES)})
+
+    def _check_digest(self, found: str) -> None:
         expected = getattr(self, "_expected_digest", None)
         if expected is None:  # without it, values could land on another mask with the same k
             raise UserError(
                 "the PaFi artifact's header has no mask_digest, so it cannot be checked against the mask it "
                 "was trained with; retrain the run (peftx train ... --overwrite)"
             )
-        if digest(indices) != expected:
+        if found != expected:
             raise UserError(
                 "the shared mask found now differs from the one this artifact was trained with "
                 "(mask_digest mismatch); point mask.path at the original mask file"
             )
-        apply_values(model, indices, tensors[VALUES])
-        return model
+
+
+def _values(tensors: dict[str, "torch.Tensor"]) -> "torch.Tensor":
+    if VALUES not in tensors:
+        raise UserError(f"artifact has no '{VALUES}' tensor: not a PaFi artifact")
+    return tensors[VALUES]

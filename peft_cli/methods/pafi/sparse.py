@@ -327,7 +327,7 @@ class SparseValues(nn.Module):
         return model
 
 
-def _lookup(model: nn.Module, indices: dict[str, Tensor]) -> dict[str, tuple[nn.Parameter, Tensor]]:
+def lookup(model: nn.Module, indices: dict[str, Tensor]) -> dict[str, tuple[nn.Parameter, Tensor]]:
     """Validate names and indices; return {name: (param, idx int64 on param's device)} in mask order."""
     params = dict(model.named_parameters())
     unknown = [n for n in indices if n not in params]
@@ -359,7 +359,7 @@ def attach(model: nn.Module, indices: dict[str, Tensor]) -> SparseValues:
     """Make the k masked entries trainable (see module docstring); returns `model.pafi_values`."""
     if hasattr(model, ATTR) or any(_STATE in m.__dict__ for m in model.modules()):
         raise UserError("PaFi values are already attached to this model: detach() first")
-    found = _lookup(model, indices)
+    found = lookup(model, indices)
 
     owners: dict[int, list[tuple[nn.Module, str]]] = {}  # id(param) -> every (module, attr) holding it
     for m in model.modules():
@@ -420,7 +420,7 @@ def apply_values(model: nn.Module, indices: dict[str, Tensor], values: Tensor) -
     """Write flat values (mask order, as from `SparseValues.flat`) into a plain model's weights, in place."""
     if hasattr(model, ATTR):
         raise UserError("apply_values: the model has PaFi values attached; use model.pafi_values.load_flat")
-    found = _lookup(model, indices)
+    found = lookup(model, indices)
     if not torch.is_tensor(values) or not values.is_floating_point():
         raise UserError("PaFi values must be a floating-point tensor")
     k = sum(idx.numel() for _, idx in found.values())
