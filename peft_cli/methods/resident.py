@@ -63,7 +63,7 @@ class Shared:
         """The pre-trained value of parameter `name`, copied once for all runs that write it."""
         if name not in self._originals:
             if self.writing:
-                raise RuntimeError("stage runs while the resident model holds the base values (restore first)")
+                raise RuntimeError("staging reads base values but a run is applied (restore first)")
             self._originals[name] = self.params[name].detach().clone()
         return self._originals[name]
 

@@ -29,7 +29,7 @@ class MaskOn:
 
     def __init__(self, shared: Shared, indices: dict[str, "Tensor"], digest: str) -> None:
         if shared.writing:
-            raise RuntimeError("stage runs while the resident model holds the base values (restore first)")
+            raise RuntimeError("staging reads base values but a run is applied (restore first)")
         found = lookup(shared.model, indices)
         self.k = sum(i.numel() for _, i in found.values())
         self.digest = digest
