@@ -373,7 +373,7 @@ def predict(
 ) -> None:
     """Predict labels for new text; several runs share one resident base model.
 
-    Example: peftx predict results/runs/cpu_minilm/minilm-l6/pafi-smallest-d0.005/sst2/seed1 --input reviews.tsv
+    Example: peftx predict results/runs/cpu_minilm/minilm-l6/pafi-smallest-d0.005-lr0.01/sst2/seed1 --input reviews.tsv
     """
     from peft_cli.core.errors import UserError
     from peft_cli.run.predict import glue_submission, predict_runs

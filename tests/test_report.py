@@ -457,3 +457,20 @@ def test_cli_report_options(cli, tmp_path):
     md = (results / "tables" / "default-default_rte.md").read_text()
     assert "| Full FT | 65.00 ± 5.00 |" in md and not (results / "tables" / "default.md").exists()
     assert cli(*args, "report.stat=mode").exit_code == 2
+
+
+def test_committed_runs_are_where_their_sweep_looks():
+    """Every committed cpu_minilm run sits in the folder its sweep names and carries the hash its
+    sweep computes: `peftx sweep sweep=cpu_minilm` finds all of them completed, trains nothing and
+    never adds a second copy of a cell that the report would count twice."""
+    from peft_cli.core.compose import compose_dict
+    from peft_cli.run.record import iter_results
+    from peft_cli.sweep.grid import expand, sweep_config, with_status
+
+    if not (COMMITTED / "runs" / "cpu_minilm").is_dir():
+        pytest.skip("no committed cpu_minilm runs")
+    overrides = ["sweep=cpu_minilm", f"results.dir={COMMITTED}"]
+    runs = [with_status(r) for r in expand(sweep_config(compose_dict(overrides)["sweep"]), overrides)]
+    committed = {folder for folder, _ in iter_results(COMMITTED, "cpu_minilm/*/*/*/*")}
+    assert {r.folder for r in runs} == committed and len(committed) == 135
+    assert {r.status for r in runs} == {"completed"}, [(r.folder, r.status) for r in runs if r.status != "completed"]
