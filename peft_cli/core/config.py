@@ -90,19 +90,30 @@ def is_identity(f: dataclasses.Field) -> bool:
 class TrainConfig:
     epochs: int = 3
     max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 16
-    eval_batch_size: int = 64
+    batch_size: int = 16  # examples per optimizer step (split into grad_accum micro-batches)
+    grad_accum: int = 1  # micro-batches per step: same step, less activation memory
+    # null = 4 x batch_size; speed only (eval is in inference mode; padding is masked)
+    eval_batch_size: int | None = field(default=None, metadata=WATCH)
     lr: float | None = None  # null = the method's own default (conf/method/*.yaml `lr`)
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 128
     grad_clip: float | None = 1.0
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with loss scaling)
+    group_by_length: bool = True  # batches of similar lengths (data/batching.py); changes the batches, so identity
+    eval_every: int = 0  # steps between validation passes; 0 = after every epoch
     device: str = field(default="auto", metadata=WATCH)  # auto | cpu | cuda | cuda:N
+    compile: bool = field(default=False, metadata=WATCH)  # torch.compile the model (speed only)
     log_every: int = field(default=10, metadata=WATCH)
+    report_to: list[str] = field(default_factory=list, metadata=WATCH)  # csv | tensorboard | wandb (offline)
     progress: bool = field(default=True, metadata=WATCH)
     # steps between periodic checkpoints; 0 = only on SIGUSR1/SIGTERM/SIGINT
     checkpoint_every: int = field(default=0, metadata=WATCH)
+
+    @property
+    def eval_batch(self) -> int:
+        """The evaluation batch: `eval_batch_size`, else 4 x the training batch (no gradients, no optimizer state)."""
+        return self.eval_batch_size or 4 * self.batch_size
 
 
 @dataclass
@@ -215,11 +226,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 # The GLUE metrics a task may name (data/metrics.py implements exactly these).
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
 
+REPORT_TARGETS = ("csv", "tensorboard", "wandb")
+
 _CHOICES = {
     "data.protocol": ("holdout", "dev"),
     "mask.strategy": ("smallest", "largest", "random", "fisher"),
     "mask.scope": ("global", "per_tensor"),
-    "train.precision": ("auto", "fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.source": ("hub", "package", "random"),
     "task.size": ("small", "large"),
 }
@@ -248,6 +261,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         "train.log_every": (cfg.train.log_every, 1),
         "train.checkpoint_every": (cfg.train.checkpoint_every, 0),
         "train.max_steps": (cfg.train.max_steps, 1),
+        "train.grad_accum": (cfg.train.grad_accum, 1),
+        "train.eval_every": (cfg.train.eval_every, 0),
         "data.holdout_size": (cfg.data.holdout_size, 1),
         "data.max_train_examples": (cfg.data.max_train_examples, 1),
         "mask.fisher_samples": (cfg.mask.fisher_samples, 1),
@@ -256,6 +271,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, (value, low) in at_least.items():
         if value is not None and value < low:
             raise UserError(f"config key '{key}' is {value}; it must be >= {low}")
+    if cfg.train.grad_accum > cfg.train.batch_size:
+        raise UserError(
+            f"config key 'train.grad_accum' is {cfg.train.grad_accum}; it splits train.batch_size "
+            f"({cfg.train.batch_size}) into micro-batches, so it must be <= it"
+        )
+    for target in cfg.train.report_to:
+        if target not in REPORT_TARGETS:
+            raise UserError(f"config key 'train.report_to' names {target!r}; choose from: {', '.join(REPORT_TARGETS)}")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
         raise UserError(f"config key 'train.warmup_ratio' is {cfg.train.warmup_ratio}; it must be in [0, 1)")
     for key, lr in (("train.lr", cfg.train.lr), ("method.lr", cfg.method.get("lr"))):
