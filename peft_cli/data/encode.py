@@ -43,6 +43,14 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, n: int) -> "Encoded":
+        """The first `n` rows, sharing this split's tensors (timing and checks)."""
+        sub = object.__new__(Encoded)
+        sub.lengths, sub.tensors = self.lengths[:n], {k: t[:n] for k, t in self.tensors.items()}
+        sub.labels, sub.label_tensor, sub.idx = self.labels[:n], self.label_tensor[:n], self.idx[:n]
+        sub.regression = self.regression
+        return sub
+
     def collate(self, rows: "list[int] | torch.Tensor") -> dict[str, "torch.Tensor"]:
         """The batch of `rows`, padded to its longest row: feature tensors (B, width), labels (B,)."""
         import torch
