@@ -172,3 +172,21 @@ def test_bad_engine_keys_are_one_line_errors(tiny_glue, tmp_path):
         compose(tiny_overrides(tiny_glue, tmp_path, **{"train.grad_accum": 9}))  # > batch 8
     with pytest.raises(UserError, match="train.report_to"):
         compose(tiny_overrides(tiny_glue, tmp_path, **{"train.report_to": "[nope]"}))
+
+
+def test_report_to_names_a_missing_package(tmp_path, monkeypatch):
+    import importlib.util
+
+    from peft_cli.run import reporters
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        reporters.open_reporters(["csv", "tensorboard"], tmp_path, "run", {})
+    out = reporters.open_reporters(["csv"], tmp_path, "run", {})
+    out[0].scalars(3, {"loss": 0.5, "lr": 1e-3, "grad_norm": None, "examples_per_s": 10.0})
+    out[0].close()
+    assert (tmp_path / "train.csv").read_text().splitlines() == [
+        "step,loss,lr,grad_norm,examples_per_s",
+        "3,0.5,0.001,,10.0",
+    ]
