@@ -225,6 +225,9 @@ def _print_mask(meta: dict, path: Path, built: bool) -> None:
 def sweep(
     overrides: Optional[List[str]] = OVERRIDES,
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs, run nothing."),
+    estimate: bool = typer.Option(
+        False, "--estimate", help="With --dry-run: time a few steps here and print the hours per task and in total."
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace completed runs of another config found in this grid's folders."
@@ -240,7 +243,9 @@ def sweep(
         return _print_cfg(overrides, run=False)
     from peft_cli.sweep.runner import run_sweep
 
-    failed = run_sweep(list(overrides or []), dry_run=dry_run, retry_failed=retry_failed, overwrite=overwrite)
+    failed = run_sweep(
+        list(overrides or []), dry_run=dry_run, retry_failed=retry_failed, overwrite=overwrite, estimate=estimate
+    )
     if failed:
         raise typer.Exit(1)
 

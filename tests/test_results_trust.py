@@ -259,7 +259,7 @@ def test_hiwi_under_bf16_scores_what_it_stores(tiny_glue, tmp_path, cli):
     folder = run_folder(compose(args))
     r = restore(folder)
     assert use_bf16(r.cfg.train, r.device)
-    preds = predict(r.model, r.assembled.data.tests[0], 64, r.device, True)
+    preds = predict(r.model, r.assembled.data.tests[0], r.cfg.train.eval_batch, r.device, torch.bfloat16)
     stored = [float(row["prediction"]) for row in csv.DictReader(open(folder / "predictions.tsv"), delimiter="\t")]
     assert preds == stored
     tensors, _ = load_tensors(folder / "artifact.safetensors")

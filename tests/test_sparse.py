@@ -327,3 +327,30 @@ def test_a_missing_kernel_falls_back_with_one_warning_and_the_same_gradients(mon
     for i, name in enumerate(sv.names):
         want = refp[name].grad.reshape(-1)[idx[name].long()]
         torch.testing.assert_close(sv.value(i).grad, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 1])  # all Linears in one SDDMM; a flush after every deferral
+def test_grouped_weight_grads_equal_per_tensor_and_launch_less(budget, monkeypatch):
+    calls = [0]
+    real = torch.sparse.sampled_addmm
+
+    def counting(*a, **k):
+        calls[0] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.sparse, "sampled_addmm", counting)
+    monkeypatch.setitem(S.GROUP_BYTES, "cpu", budget)
+    grads = {}
+    for grouped in (False, True):
+        monkeypatch.setattr(S, "GROUPED", grouped)
+        model, ref, idx, sv = _setup("bert")
+        calls[0] = 0
+        for s in range(2):  # two backwards into the same .grad: accumulation across steps
+            model(**_batch(model, s)).loss.backward()
+        grads[grouped] = ([p.grad.clone() for p in sv.parameters()], calls[0])
+    (per_tensor, n_per), (grouped, n_grouped) = grads[False], grads[True]
+    for a, b in zip(per_tensor, grouped, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert n_per == 2 * 13  # 13 masked Linears (2 layers x 6 + pooler), per backward
+    # one call per token count (encoder: N = B x L; pooler: N = B), or one per Linear with no budget
+    assert n_grouped == (2 * 2 if budget > 1 else n_per)

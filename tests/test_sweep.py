@@ -430,6 +430,14 @@ def test_worker_env_is_the_childs():
     assert local.worker_env(0, 1, base) == base  # one worker: untouched
     assert [local.worker_env(i, 2, base)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
     assert base["CUDA_VISIBLE_DEVICES"] == "3,5" and dict(os.environ) == before
+    # runs_per_gpu=2 with 2 workers: slots 0,1 on the first GPU, 2,3 on the second
+    assert [local.worker_env(i, 2, base, 2)["CUDA_VISIBLE_DEVICES"] for i in range(4)] == ["3", "3", "5", "5"]
+    assert local.worker_env(1, 1, base, 3)["CUDA_VISIBLE_DEVICES"] == "3"  # one GPU, three runs on it
+    cpu = {"CUDA_VISIBLE_DEVICES": "", "PATH": "/bin"}
+    import torch
+
+    if not torch.cuda.is_available():  # no GPU: the cores are shared out among the runs
+        assert local.worker_env(0, 1, cpu, 2)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
 
 
 # --------------------------------------------------------------------------------------------

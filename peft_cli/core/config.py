@@ -39,6 +39,28 @@ def is_path(f: dataclasses.Field) -> bool:
     return f.metadata.get("path", False)
 
 
+def added(before: Any) -> dict[str, Any]:
+    """Metadata of an identity key added after runs were already recorded: at `before`, the value
+    that computes what runs did before the key existed, it is left out of the config hash (so those
+    runs keep their identity), and a saved config.yaml that lacks the key reads it as `before`."""
+    return {"before": before}
+
+
+def as_before(f: dataclasses.Field, value: Any) -> bool:
+    """Whether `value` of field `f` is the behaviour from before the key existed (see added)."""
+    return "before" in f.metadata and value == f.metadata["before"]
+
+
+def fill_added(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config (config.yaml) with every key it predates set to its `before` value."""
+    for section, cls in (("train", TrainConfig), ("data", DataConfig), ("mask", MaskConfig)):
+        node = data.setdefault(section, {})
+        for f in dataclasses.fields(cls):
+            if "before" in f.metadata and isinstance(node, dict):
+                node.setdefault(f.name, f.metadata["before"])
+    return data
+
+
 @dataclass
 class TsvSpec:
     """How a classic GLUE TSV folder stores one task."""
@@ -118,19 +140,31 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 3  # passes over the training set (unless max_steps)
     max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 16  # training examples per step
-    eval_batch_size: int = 64  # examples per forward pass when scoring
+    batch_size: int = 16  # training examples per optimizer step (split into grad_accum micro-batches)
+    grad_accum: int = field(default=1, metadata=added(before=1))  # micro-batches per step: same step, less memory
+    # examples per forward pass when scoring; null = 4 x batch_size (the hash reads the resolved value)
+    eval_batch_size: int | None = field(default=None, metadata={"hash_as": "eval_batch"})
     lr: float | None = None  # null = the method's own default (conf/method/*.yaml `lr`)
     weight_decay: float = 0.01  # AdamW decay (the method decides which tensors decay)
     warmup_ratio: float = 0.06  # share of steps with a linearly rising lr, then linear decay
     max_length: int = 128  # tokens per example (pair), longer ones are cut
     grad_clip: float | None = 1.0  # max gradient norm; null = no clipping
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (with loss scaling)
+    # batches of similar lengths (data/batching.py); it changes the batches, so it is identity
+    group_by_length: bool = field(default=True, metadata=added(before=False))
+    eval_every: int = field(default=0, metadata=added(before=0))  # steps between validations; 0 = per epoch
     device: str = field(default="auto", metadata=WATCH)  # auto | cpu | cuda | cuda:N
-    log_every: int = field(default=10, metadata=WATCH)  # steps between log.jsonl lines
-    progress: bool = field(default=True, metadata=WATCH)  # progress bar on a terminal
+    compile: bool = field(default=False, metadata=WATCH)  # torch.compile the model (speed only)
+    log_every: int = field(default=10, metadata=WATCH)  # steps between log.jsonl lines (and plain progress lines)
+    report_to: list[str] = field(default_factory=list, metadata=WATCH)  # csv | tensorboard | wandb (offline)
+    progress: bool = field(default=True, metadata=WATCH)  # a bar on a terminal, whole lines elsewhere
     # steps between periodic checkpoints; 0 = only on SIGUSR1/SIGTERM/SIGINT
     checkpoint_every: int = field(default=0, metadata=WATCH)
+
+    @property
+    def eval_batch(self) -> int:
+        """The evaluation batch: `eval_batch_size`, else 4 x the training batch (no gradients, no optimizer state)."""
+        return self.eval_batch_size or 4 * self.batch_size
 
 
 @dataclass
@@ -301,11 +335,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 # The GLUE metrics a task may name (data/metrics.py implements exactly these).
 METRIC_NAMES = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
 
+REPORT_TARGETS = ("csv", "tensorboard", "wandb")
+
 _CHOICES = {
     "data.protocol": ("holdout", "dev"),
     "mask.strategy": ("smallest", "largest", "random", "fisher"),
     "mask.scope": ("global", "per_tensor"),
-    "train.precision": ("auto", "fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "model.source": ("hub", "package", "random"),
     "task.size": ("small", "large"),
 }
@@ -334,6 +370,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         "train.log_every": (cfg.train.log_every, 1),
         "train.checkpoint_every": (cfg.train.checkpoint_every, 0),
         "train.max_steps": (cfg.train.max_steps, 1),
+        "train.grad_accum": (cfg.train.grad_accum, 1),
+        "train.eval_every": (cfg.train.eval_every, 0),
         "data.holdout_size": (cfg.data.holdout_size, 1),
         "data.max_train_examples": (cfg.data.max_train_examples, 1),
         "mask.fisher_samples": (cfg.mask.fisher_samples, 1),
@@ -342,6 +380,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, (value, low) in at_least.items():
         if value is not None and value < low:
             raise UserError(f"config key '{key}' is {value}; it must be >= {low}")
+    if cfg.train.grad_accum > cfg.train.batch_size:
+        raise UserError(
+            f"config key 'train.grad_accum' is {cfg.train.grad_accum}; it splits train.batch_size "
+            f"({cfg.train.batch_size}) into micro-batches, so it must be <= it"
+        )
+    for target in cfg.train.report_to:
+        if target not in REPORT_TARGETS:
+            raise UserError(f"config key 'train.report_to' names {target!r}; choose from: {', '.join(REPORT_TARGETS)}")
     if not 0.0 <= cfg.train.warmup_ratio < 1.0:
         raise UserError(f"config key 'train.warmup_ratio' is {cfg.train.warmup_ratio}; it must be in [0, 1)")
     for key, lr in (("train.lr", cfg.train.lr), ("method.lr", cfg.method.get("lr"))):

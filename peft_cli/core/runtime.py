@@ -37,22 +37,30 @@ def resolve_device(cfg: TrainConfig) -> "torch.device":
         raise UserError(f"train.device={cfg.device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def use_bf16(cfg: TrainConfig, device: "torch.device") -> bool:
-    """auto = bf16 autocast on CUDA (weights and optimizer stay fp32), fp32 on CPU."""
-    if cfg.precision == "auto":
-        import torch
-
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return cfg.precision == "bf16"
-
-
-def autocast(device: "torch.device", bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on `device` when `bf16`, else a no-op context."""
+def amp_dtype(cfg: TrainConfig, device: "torch.device") -> "torch.dtype | None":
+    """The autocast dtype of `train.precision` on `device`, or None (fp32). auto = bf16 on CUDA
+    when supported, fp32 elsewhere. Weights and optimizer states stay fp32 in every case."""
     import torch
 
-    if not bf16:
+    if cfg.precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+
+
+def use_bf16(cfg: TrainConfig, device: "torch.device") -> bool:
+    """Whether the run computes under bf16 autocast."""
+    import torch
+
+    return amp_dtype(cfg, device) == torch.bfloat16
+
+
+def autocast(device: "torch.device", amp: "torch.dtype | None") -> contextlib.AbstractContextManager[Any]:
+    """Autocast to `amp` on `device`, or a no-op context when `amp` is None."""
+    import torch
+
+    if amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=amp)
 
 
 def device_name(device: "torch.device") -> str:

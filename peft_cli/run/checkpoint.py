@@ -35,6 +35,8 @@ class Progress:
     step_in_epoch: int = 0  # batches of `epoch` already done
     best_score: float | None = None
     best_epoch: int | None = None
+    best_step: int | None = None  # the step of the best validation pass
+    loss_scale: dict[str, Any] = field(default_factory=dict)  # fp16: the GradScaler's state (scale, growth tracker)
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluated epoch
 
 
@@ -139,7 +141,9 @@ def load(
                 if key.startswith("opt/") and key.split("/", 2)[2] == n
             }
             if n in meta["adam_steps"]:
-                state["step"] = torch.tensor(meta["adam_steps"][n])
+                # fused/capturable AdamW keeps its step counter on the parameter's device
+                on = p.device if group.get("fused") or group.get("capturable") else "cpu"
+                state["step"] = torch.tensor(meta["adam_steps"][n], dtype=torch.float32, device=on)
             if state:
                 optimizer.state[p] = state
     scheduler.load_state_dict(meta["scheduler"])

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from peft_cli.core.config import RunConfig, run_config
+from peft_cli.core.config import RunConfig, fill_added, run_config
 from peft_cli.core.errors import UserError
 from peft_cli.core.files import load_tensors, write_json
-from peft_cli.core.runtime import resolve_device, seed_everything, use_bf16
+from peft_cli.core.runtime import amp_dtype, resolve_device, seed_everything
 from peft_cli.methods.base import load_named
 from peft_cli.run.assemble import Assembled, assemble
 from peft_cli.run.record import read_result
@@ -54,7 +54,7 @@ def read_run_config(run: Path, overrides: dict[str, Any] | None = None) -> RunCo
         if not isinstance(node, dict):
             raise UserError(f"override '{dotted}' does not name a key of {path}")
         node[leaf] = value
-    return run_config(data)
+    return run_config(fill_added(data))  # a run saved before a key existed computed its `before` value
 
 
 def restore(run: Path, overrides: dict[str, Any] | None = None) -> Restored:
@@ -84,7 +84,7 @@ def evaluate_run(run: Path, overrides: dict[str, Any] | None = None) -> dict[str
     """Re-score the test split(s); write eval.json beside result.json and return it."""
     r = restore(run, overrides)
     t0 = time.time()
-    test = score_tests(r.cfg, r.model, r.assembled.data, r.device, use_bf16(r.cfg.train, r.device)).metrics
+    test = score_tests(r.cfg, r.model, r.assembled.data, r.device, amp_dtype(r.cfg.train, r.device)).metrics
     original = read_result(run / "result.json")
     run_test = original["metrics"]["test"] if original and original["status"] == "completed" else None
     record = {

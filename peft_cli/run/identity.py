@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from peft_cli.core.config import RunConfig, is_identity
+from peft_cli.core.config import RunConfig, as_before, is_identity
 from peft_cli.methods import method_class, method_config
 from peft_cli.methods import method_tag as _tag
 
@@ -56,7 +56,11 @@ def config_hash(cfg: RunConfig) -> str:
     }
     for section in ("train", "data", "mask", "results"):
         obj = getattr(cfg, section)
-        d[section] = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if is_identity(f)}
+        d[section] = {
+            f.name: getattr(obj, f.metadata.get("hash_as", f.name))  # e.g. eval_batch: null resolved to 4 x batch
+            for f in dataclasses.fields(obj)
+            if is_identity(f) and not as_before(f, getattr(obj, f.name))
+        }
     # The method's keys as its schema reads them (alpha 8 == 8.0), and the mask only for methods
     # that read it: `sweep ... mask.density=0.01` must not invalidate BitFit runs.
     cls = method_class(cfg.method["name"])

@@ -30,40 +30,53 @@ class TestScores(NamedTuple):
     splits: list[tuple[str, "Encoded", list[float]]]  # (suffix, split, predictions) per dev set
 
 
-def predict(model: "nn.Module", encoded: "Encoded", batch_size: int, device: "torch.device", bf16: bool) -> list[float]:
-    """Predictions in file order: class ids, or the regression value. Logits are taken in fp32."""
+def predict(
+    model: "nn.Module", encoded: "Encoded", batch_size: int, device: "torch.device", amp: "torch.dtype | None"
+) -> list[float]:
+    """Predictions in file order: class ids, or the regression value. Logits are taken in fp32.
+    Rows are batched longest first (little padding), and outputs stay on the device until the end
+    (one host copy per split, not per batch)."""
     import torch
 
     was_training = model.training
     model.eval()
-    preds: list[float] = []
-    with torch.inference_mode(), autocast(device, bf16):
-        for batch in encoded.loader(batch_size):
+    order = torch.sort(encoded.lengths, descending=True, stable=True).indices  # (N,)
+    outs = []
+    with torch.inference_mode(), autocast(device, amp):
+        for batch in encoded.loader(batch_size, order):
             batch = to_device(batch, device)
             batch.pop("labels")
             logits = model(**batch).logits.float()  # (B, num_labels)
-            out = logits[:, 0] if encoded.regression else logits.argmax(-1)
-            preds.extend(out.cpu().tolist())
+            outs.append(logits[:, 0] if encoded.regression else logits.argmax(-1))
     model.train(was_training)
-    return preds
+    if not outs:
+        return []
+    preds = torch.empty(len(encoded), dtype=outs[0].dtype)
+    preds[order] = torch.cat(outs).cpu()  # back to file order
+    return preds.tolist()
 
 
 def score_split(
-    cfg: RunConfig, model: "nn.Module", enc: "Encoded", device: "torch.device", bf16: bool, suffix: str = ""
+    cfg: RunConfig,
+    model: "nn.Module",
+    enc: "Encoded",
+    device: "torch.device",
+    amp: "torch.dtype | None",
+    suffix: str = "",
 ) -> Scored:
     """Every metric of the task on one split (names get `suffix`, e.g. MNLI's "_mm")."""
-    preds = predict(model, enc, cfg.train.eval_batch_size, device, bf16)
+    preds = predict(model, enc, cfg.train.eval_batch, device, amp)
     return Scored(metrics.compute(cfg.task.metrics, preds, enc.labels, suffix), preds)
 
 
 def score_tests(
-    cfg: RunConfig, model: "nn.Module", data: "Encodings", device: "torch.device", bf16: bool
+    cfg: RunConfig, model: "nn.Module", data: "Encodings", device: "torch.device", amp: "torch.dtype | None"
 ) -> TestScores:
     """The test split(s), each once: MNLI's mismatched set adds metrics with suffix `_mm`."""
     found: dict[str, float] = {}
     splits = []
     for enc, suffix in zip(data.tests, cfg.task.dev_suffixes, strict=True):
-        scored = score_split(cfg, model, enc, device, bf16, suffix)
+        scored = score_split(cfg, model, enc, device, amp, suffix)
         found.update(scored.metrics)
         splits.append((suffix, enc, scored.predictions))
     return TestScores(found, splits)

@@ -122,8 +122,8 @@ def _finish(t: Trainer, base: dict[str, Any], train_s: float) -> dict[str, Any]:
     t.restore_best()
     a.method.finalize(t.model)
     t0 = time.time()
-    val = score_split(cfg, t.model, a.data.validation, t.device, t.bf16).metrics
-    test = score_tests(cfg, t.model, a.data, t.device, t.bf16)
+    val = score_split(cfg, t.model, a.data.validation, t.device, t.amp).metrics
+    test = score_tests(cfg, t.model, a.data, t.device, t.amp)
     for suffix, enc, preds in test.splits:
         write_predictions(out / f"predictions{suffix}.tsv", enc, preds)
     eval_s = time.time() - t0
@@ -137,8 +137,13 @@ def _finish(t: Trainer, base: dict[str, Any], train_s: float) -> dict[str, Any]:
         "score": headline(cfg, test.metrics),
         "params": count_params(t, artifact),
         "stored_bytes": nbytes,
-        "time": {"train_s": round(train_s, 3), "eval_s": round(eval_s, 3)},
+        "time": {
+            "train_s": round(train_s, 3),  # wall time of fit(): training and validation passes
+            "eval_s": round(eval_s, 3),
+            "train_examples_per_s": round(t.meter.rate(), 2),  # this process's training steps, validation excluded
+        },
         "best_epoch": t.state.best_epoch,
+        "best_step": t.state.best_step,
         "steps": t.state.step,
         "history": t.state.history,
     }

@@ -32,11 +32,20 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 
-def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = False, overwrite: bool = False) -> int:
+def run_sweep(
+    overrides: list[str],
+    dry_run: bool = False,
+    retry_failed: bool = False,
+    overwrite: bool = False,
+    estimate: bool = False,
+) -> int:
     """`peftx sweep OVERRIDES`; returns the number of runs left failed or unfinished. `overwrite`:
     replace completed runs of another config that sit in this grid's folders (else UserError).
     A two-stage sweep runs its search stage, then (locally, in the same command) the final runs of
-    every group whose search stage completed."""
+    every group whose search stage completed. `estimate` (with `dry_run`): also time a few steps here
+    and print the pending runs' cost."""
+    if estimate and not dry_run:
+        raise UserError("--estimate goes with --dry-run: peftx sweep --dry-run --estimate sweep=NAME")
     console = make_console(stderr=True)
     root = compose_dict(list(overrides))
     sweep = sweep_config(root.get("sweep"))
@@ -46,6 +55,8 @@ def run_sweep(overrides: list[str], dry_run: bool = False, retry_failed: bool = 
     todo = [r for r in staged.runs if r.status == "pending" or (retry_failed and r.status == "failed")]
     if dry_run:
         _list(sweep.name, staged.runs, todo, launcher, staged.waiting)
+        if estimate:
+            _estimate(todo, root.get("launcher") or {}, console)
         return 0
     attempted: set[Path] = set()
     outcomes: list = []
@@ -187,6 +198,21 @@ def _list(name: str, runs: list[Run], todo: list[Run], launcher: Launcher, waiti
         f"would run {len(todo)} with launcher={launcher.name}"
     )
     for line in launcher.plan(todo):
+        print(line)
+
+
+def _estimate(todo: list[Run], launcher: dict, console: "Console") -> None:
+    """--estimate: time the pending runs' (model, method) pairs here and print hours per task and in total."""
+    from peft_cli.core.runtime import device_name, resolve_device
+    from peft_cli.sweep.estimate import estimate, render
+
+    if not todo:
+        print("estimate: nothing to run")
+        return
+    preflight(todo, console)
+    console.print(f"estimate: timing {len({(r.cfg.model.name, run_tag(r.cfg)) for r in todo})} setting(s) here ...")
+    e = estimate(todo)
+    for line in render(e, device_name(resolve_device(todo[0].cfg.train)), int(launcher.get("workers") or 1)):
         print(line)
 
 

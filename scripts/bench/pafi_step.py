@@ -145,9 +145,9 @@ def _child(args) -> dict:
     model.to(dev).train()
 
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (BATCH, SEQ), generator=g)
+    ids = torch.randint(3, vocab, (args.batch, SEQ), generator=g)
     batch = dict(input_ids=ids.to(dev), attention_mask=torch.ones_like(ids).to(dev),
-                 labels=torch.randint(0, 2, (BATCH,), generator=g).to(dev))  # fmt: skip
+                 labels=torch.randint(0, 2, (args.batch,), generator=g).to(dev))  # fmt: skip
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
     times, cpu = [], []
     for _ in range(args.steps):
@@ -246,6 +246,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    ap.add_argument("--batch", type=int, default=BATCH, help="sequences of 128 tokens per step")
     ap.add_argument("--out", default=str(ROOT / "results/bench/pafi_step"), help="writes OUT.md and OUT.json")
     ap.add_argument("--tiny", action="store_true", help="smoke test: a tiny RoBERTa (numbers mean nothing)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the .md next to a results .json")
@@ -278,7 +279,8 @@ def main() -> None:
             if rnd and "error" in results[v]:
                 continue
             cmd = [sys.executable, __file__, "--child", v, "--mask", mask_path, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device,
+                   "--batch", str(args.batch)]  # fmt: skip
             cmd += ["--bf16"] * args.bf16 + ["--tiny"] * args.tiny + ["--no-check"] * (rnd > 0)
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -318,7 +320,7 @@ def main() -> None:
         nproc=os.cpu_count(), threads=args.threads, device=args.device, bf16=args.bf16,
         torch=torch.__version__, transformers=transformers.__version__, peft=peft.__version__,
         selective_optimizers=selopt_ver, python=platform.python_version(),
-        batch=[BATCH, SEQ], steps=args.steps, warmup=args.warmup, rounds=args.rounds, density=args.density,
+        batch=[args.batch, SEQ], steps=args.steps, warmup=args.warmup, rounds=args.rounds, density=args.density,
         mask=mask_info,
         wall_s=round(time.time() - started, 1), loadavg=[load0, os.getloadavg()[0]],
     )  # fmt: skip
@@ -367,7 +369,8 @@ def _render(meta: dict, results: dict, out: Path) -> None:
         f"{meta['transformers']}, peft {meta['peft']}, selective-optimizers {meta['selective_optimizers']}",
         "",
         f"Random-init RobertaForSequenceClassification (RobertaConfig() base defaults, num_labels=2), batch "
-        f"{BATCH}x{SEQ}, AdamW lr 1e-4 weight_decay 0.01, {meta['steps']} steps, median of the last "
+        f"{meta['batch'][0]}x{meta['batch'][1]}, AdamW lr 1e-4 weight_decay 0.01, {meta['steps']} steps, "
+        f"median of the last "
         f"{meta['steps'] - meta['warmup']}; variants run interleaved in {meta.get('rounds', 1)} rounds, best round "
         f"reported. PaFi mask: globally smallest |θ| over the backbone, density {meta['density']}: "
         f"k={mi['k']:,} of {mi['backbone']:,} in {mi['tensors']} tensors ({mi['how']}). "

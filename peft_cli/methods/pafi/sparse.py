@@ -24,6 +24,13 @@ How v reaches the forward, and why (three paths, picked per masked tensor at att
   0.7 ms vs 25 ms). Net, a PaFi step costs about a BitFit step (+~4% CPU, same process
   A/B on roberta-base). Devices whose sampled_addmm fails fall back to a chunked gather
   (memory ~ chunk x N). Selected grads are accumulated in fp32 (bf16 autocast included).
+  Grouped (GROUPED, the default): the backward does not compute g_e itself but hands (gout, x)
+  to `SparseValues._defer`; Linears that saw the same N tokens are computed together in ONE
+  sampled_addmm over a block-diagonal stacking of their patterns (`_grouped_grads`), when the
+  staged operands reach GROUP_BYTES or when autograd finishes the backward (an engine callback);
+  the result is written into v.grad. Same dot products, far fewer launches (a GPU step was bound
+  by per-tensor launches). Consequence: `torch.autograd.grad(loss, values)` sees no grad for
+  Linear values; use `.backward()` (as training does) or set GROUPED = False.
   Memory: x of every masked Linear is saved for backward (BitFit saves none; full FT and
   Super-Tuning do too): ~0.25 GB over BitFit for roberta-base at 8x128 tokens.
 * `nn.Embedding.weight`: `_SparseEmbedding`'s backward expands each token into the selected
@@ -60,6 +67,10 @@ from peft_cli.core.errors import UserError
 ATTR = "pafi_values"  # submodule name under the model
 _STATE = "_pafi"  # per owning module: a plain _ModuleState (not a Module: no state_dict entry)
 _GATHER_CHUNK = 1 << 22  # fallback SDDMM: max elements of one (chunk, N) gathered block
+GROUPED = True  # defer Linear weight grads and compute them in groups (one SDDMM per group); False: one per tensor
+# bytes of fp32 operands one grouped SDDMM may stage ((out + in) x N per tensor): bounds the
+# memory that deferral adds; GPUs have room for more tensors per call (fewer launches)
+GROUP_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 
 # sampled_addmm needs a CSR tensor; we build a valid one each backward, and don't want the
 # one-time "beta state" warning in every run's log.
@@ -126,6 +137,51 @@ def _selected_grad(g2: Tensor, x2: Tensor, crow: Tensor, col: Tensor) -> Tensor:
     return res
 
 
+def _pattern(members: list[tuple[int, Tensor, Tensor]], sv: "SparseValues") -> tuple[Tensor, Tensor]:
+    """The CSR pattern of a group: the members' patterns stacked block-diagonally, (sum out, sum in).
+    Cached per member tuple (the same layers meet in the same groups at every step)."""
+    key = tuple(slot for slot, _, _ in members)
+    hit = sv._patterns.get(key)
+    if hit is not None:
+        return hit
+    crows, cols, nnz, inn = [], [], 0, 0
+    for slot, _, x2 in members:
+        crow, col = sv.buf(slot, "crow"), sv.buf(slot, "col")
+        crows.append(crow[:-1] + nnz)
+        cols.append(col + inn)
+        nnz += col.numel()
+        inn += x2.shape[1]
+    crows.append(torch.tensor([nnz], dtype=torch.int64, device=crows[0].device))
+    sv._patterns[key] = (torch.cat(crows), torch.cat(cols))
+    return sv._patterns[key]
+
+
+def _grouped_grads(members: list[tuple[int, Tensor, Tensor]], sv: "SparseValues") -> list[Tensor]:
+    """(k_i,) fp32 selected grads of several Linears that saw the same N tokens, in one SDDMM.
+
+    members: (slot, g2 (N, out_i), x2 (N, in_i)). Stacking gout^T row-wise, (sum out, N), and x
+    column-wise, (N, sum in), puts each member's g_i^T @ x_i on the diagonal block (i, i) of the
+    product; the pattern samples only those blocks, so the off-diagonal ones are never computed.
+    The entries are the same dot products as member by member (`_selected_grad`)."""
+    n = members[0][1].shape[0]
+    dev = members[0][1].device
+    outs = [g.shape[1] for _, g, _ in members]
+    ins = [x.shape[1] for _, _, x in members]
+    gT = torch.empty(sum(outs), n, dtype=torch.float32, device=dev)  # row-major (sum out, N)
+    xT = torch.empty(sum(ins), n, dtype=torch.float32, device=dev)  # xT.t(): column-major (N, sum in)
+    o = i = 0
+    for (_, g2, x2), out, inn in zip(members, outs, ins, strict=True):
+        gT[o : o + out].copy_(g2.t())
+        xT[i : i + inn].copy_(x2.t())
+        o, i = o + out, i + inn
+    crow, col = _pattern(members, sv)
+    pattern = torch.sparse_csr_tensor(
+        crow, col, torch.zeros(col.numel(), dtype=torch.float32, device=dev), (o, i), check_invariants=False
+    )
+    vals = torch.sparse.sampled_addmm(pattern, gT, xT.t(), beta=0.0).values()  # (sum k_i,)
+    return list(vals.split([sv.buf(slot, "col").numel() for slot, _, _ in members]))
+
+
 def _amp_dtype(x: Tensor) -> torch.dtype | None:
     """The autocast dtype F.linear would compute in for x, or None when autocast is off."""
     dev = x.device.type
@@ -149,9 +205,9 @@ class _SparseLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, weight: Tensor, bias: Tensor | None,
-                crow: Tensor, col: Tensor, dtype: torch.dtype) -> Tensor:  # fmt: skip
+                crow: Tensor, col: Tensor, dtype: torch.dtype, sv: "SparseValues", slot: int) -> Tensor:  # fmt: skip
         wc = weight if weight.dtype == dtype else weight.to(dtype)  # autocast's cast, kept for grad_input like native
-        ctx.weight, ctx.has_bias = wc, bias is not None
+        ctx.weight, ctx.has_bias, ctx.sv, ctx.slot = wc, bias is not None, sv, slot
         ctx.save_for_backward(x, crow, col)
         return F.linear(x, wc, bias)
 
@@ -164,10 +220,14 @@ class _SparseLinear(torch.autograd.Function):
             if ctx.needs_input_grad[0]:
                 gx = gout @ ctx.weight.to(gout.dtype)  # (..., in), dense like BitFit's
             if ctx.needs_input_grad[1]:
-                gv = _selected_grad(g2, x.reshape(-1, x.shape[-1]), crow, col)  # (k,) fp32; autograd casts to v's dtype
+                x2 = x.reshape(-1, x.shape[-1])
+                if GROUPED and g2.device.type not in _SDDMM_BROKEN:
+                    ctx.sv._defer(ctx.slot, g2, x2)  # v's grad is written when its group is computed
+                else:
+                    gv = _selected_grad(g2, x2, crow, col)  # (k,) fp32; autograd casts to v's dtype
             if ctx.has_bias and ctx.needs_input_grad[3]:
                 gb = g2.sum(0)
-        return gx, gv, None, gb, None, None, None
+        return gx, gv, None, gb, None, None, None, None, None
 
 
 class _SparseEmbedding(torch.autograd.Function):
@@ -226,7 +286,7 @@ def _linear_forward(self: nn.Linear, x: Tensor) -> Tensor:
         x = x.to(dt)
         b = b.to(dt) if b is not None else None
     with torch.autocast(x.device.type, enabled=False):
-        return _SparseLinear.apply(x, v, w, b, sv.buf(i, "crow"), sv.buf(i, "col"), dt)
+        return _SparseLinear.apply(x, v, w, b, sv.buf(i, "crow"), sv.buf(i, "col"), dt, sv, i)
 
 
 def _embedding_forward(self: nn.Embedding, ids: Tensor) -> Tensor:
@@ -271,6 +331,50 @@ class SparseValues(nn.Module):
         super().__init__()
         self.names: list[str] = []  # masked parameter names, mask order
         self._requires_grad: dict[str, bool] = {}  # original flags, restored by detach
+        # deferred Linear weight grads of the running backward: (N, device) -> [(slot, g2, x2)]
+        self._pending: dict[tuple[int, str], list[tuple[int, Tensor, Tensor]]] = {}
+        self._pending_bytes: dict[tuple[int, str], int] = {}
+        self._task: int | None = None  # the backward (graph task id) whose end will flush the pending grads
+        self._patterns: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}  # group -> stacked CSR (crow, col)
+
+    # -- grouped weight grads (see _grouped_grads) --
+    def _defer(self, slot: int, g2: Tensor, x2: Tensor) -> None:
+        """Hold a Linear's (gout, x) until its group is full or the backward ends. Linears that saw
+        the same N tokens group together, whatever their shapes."""
+        task = torch._C._current_graph_task_id()
+        if task != self._task:  # first deferral of this backward: flush when the engine finishes it
+            self._pending.clear()  # left by a backward that raised: its grads were never wanted
+            self._pending_bytes.clear()
+            torch.autograd.Variable._execution_engine.queue_callback(self._flush_all)
+            self._task = task
+        key = (g2.shape[0], str(g2.device))
+        self._pending.setdefault(key, []).append((slot, g2, x2))
+        self._pending_bytes[key] = self._pending_bytes.get(key, 0) + 4 * g2.shape[0] * (g2.shape[1] + x2.shape[1])
+        if self._pending_bytes[key] >= GROUP_BYTES.get(g2.device.type, GROUP_BYTES["cpu"]):
+            self._flush(key)
+
+    def _flush(self, key: tuple[int, str]) -> None:
+        members = self._pending.pop(key, [])
+        self._pending_bytes.pop(key, None)
+        if not members:
+            return
+        try:
+            grads = _grouped_grads(members, self)
+        except (RuntimeError, NotImplementedError):  # no sampled_addmm on this device: member by member
+            grads = [_selected_grad(g2, x2, self.buf(s, "crow"), self.buf(s, "col")) for s, g2, x2 in members]
+        with torch.no_grad():
+            for (slot, _, _), g in zip(members, grads, strict=True):
+                v = self.value(slot)
+                g = g.to(v.dtype)
+                if v.grad is None:
+                    v.grad = g
+                else:
+                    v.grad += g  # several forwards before one backward, or accumulation steps
+
+    def _flush_all(self) -> None:
+        self._task = None
+        for key in list(self._pending):
+            self._flush(key)
 
     # -- per-slot access (used by the patched forwards) --
     def value(self, i: int) -> nn.Parameter:

@@ -3,6 +3,8 @@
 One subprocess per run, so a crash or an out-of-memory kill ends that run only and frees its
 (GPU) memory. `launcher.workers: N` keeps N running at once; worker i gets GPU i through
 CUDA_VISIBLE_DEVICES in the child's environment (this process's environment is never changed).
+`launcher.runs_per_gpu: M` runs M at once on each worker's device (small models leave a GPU
+mostly idle; on CPU the cores are shared out among all workers x M runs).
 A child's stdout/stderr go to <run>/train.log (appended: a resumed run keeps its history).
 SIGUSR1/SIGTERM to the sweep (or Ctrl-C) stops launching, forwards SIGTERM so the running runs
 checkpoint, and waits for them: rerunning the sweep resumes them.
@@ -40,10 +42,17 @@ POLL_S = 0.5
 class LocalSettings:
     name: str = "local"  # launcher=NAME picks conf/launcher/NAME.yaml
     workers: int = 1  # >1: one worker per GPU (CUDA_VISIBLE_DEVICES per worker)
+    runs_per_gpu: int = 1  # runs at once on each worker's device
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise UserError(f"config key 'launcher.workers' is {self.workers}; it must be >= 1")
+        for key in ("workers", "runs_per_gpu"):
+            if getattr(self, key) < 1:
+                raise UserError(f"config key 'launcher.{key}' is {getattr(self, key)}; it must be >= 1")
+
+    @property
+    def slots(self) -> int:
+        """Runs at once."""
+        return self.workers * self.runs_per_gpu
 
 
 class LocalLauncher:
@@ -73,21 +82,23 @@ def train_command(run: "Run") -> list[str]:
     return [sys.executable, "-m", "peft_cli.cli", "train", *extra, *run.overrides]
 
 
-def worker_env(slot: int, workers: int, base: dict[str, str]) -> dict[str, str]:
-    """The environment of worker `slot`'s children. With several workers: GPU `slot` (counted in the
-    parent's CUDA_VISIBLE_DEVICES when set), or on CPU a fair share of the cores each."""
+def worker_env(slot: int, workers: int, base: dict[str, str], runs_per_gpu: int = 1) -> dict[str, str]:
+    """The environment of the children of `slot` (0 .. workers x runs_per_gpu - 1). Slot s runs on
+    worker s // runs_per_gpu's GPU (counted in the parent's CUDA_VISIBLE_DEVICES when set); on CPU
+    every slot gets a fair share of the cores."""
     env = dict(base)
-    if workers == 1:
+    if workers * runs_per_gpu == 1:
         return env
+    gpu = slot // runs_per_gpu
     visible = [d for d in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if not visible:
         import torch
 
         visible = [str(i) for i in range(torch.cuda.device_count())]
     if visible:
-        env["CUDA_VISIBLE_DEVICES"] = visible[slot % len(visible)]
+        env["CUDA_VISIBLE_DEVICES"] = visible[gpu % len(visible)]
     elif "OMP_NUM_THREADS" not in base:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // (workers * runs_per_gpu)))
     return env
 
 
@@ -155,7 +166,7 @@ def _done_elsewhere(run: "Run") -> Outcome | None:
 
 
 def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, console: "Console") -> Launched:
-    """Run `runs` (all pending) with `s.workers` at a time; one Outcome per run that started.
+    """Run `runs` (all pending) with `s.slots` at a time; one Outcome per run that started.
     A stop signal (Ctrl-C, TERM, USR1) stops launching and is passed on to the running children,
     which checkpoint and stop; a second Ctrl-C is passed on too, and they stop at once."""
     queue = list(runs)
@@ -163,10 +174,10 @@ def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, cons
     outcomes: list[Outcome] = []
     base = dict(os.environ)
     forwarded = False
-    with stop_on_signals() as stop, SweepView(name, len(runs), skipped, s.workers, console) as view:
+    with stop_on_signals() as stop, SweepView(name, len(runs), skipped, s.slots, console) as view:
         try:
             while queue or active:
-                for slot in range(s.workers):
+                for slot in range(s.slots):
                     while slot not in active and queue and not stop.is_set():
                         run = queue.pop(0)
                         view.start(run)
@@ -175,7 +186,8 @@ def run_local(name: str, runs: list["Run"], skipped: int, s: LocalSettings, cons
                             view.finish(run, early.status, early.detail)
                             outcomes.append(early)
                             continue
-                        active[slot] = (run, start(run, worker_env(slot, s.workers, base)), time.time())
+                        env = worker_env(slot, s.workers, base, s.runs_per_gpu)
+                        active[slot] = (run, start(run, env), time.time())
                 outcomes += _reap(active, view)
                 if stop.is_set() and not forwarded:
                     forwarded = _forward(active, stop.signum or signal.SIGTERM, console)
