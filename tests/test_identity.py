@@ -93,3 +93,22 @@ def test_setting_tag_is_exact_and_safe():
     assert "/" not in odd and "-h" in odd  # a lossy value gets a hash
     long = setting_tag({f"data.k{i}": i for i in range(40)})
     assert len(long) < 20 and long.startswith("s-h")
+
+
+def test_a_saved_config_from_before_a_key_existed_keeps_its_hash():
+    """A committed run's config.yaml predates train.group_by_length, grad_accum and eval_every: it
+    reads them as the behaviour it ran with (added(before=...)), so `peftx eval RUN` and the sweep
+    compute the hash its result.json recorded."""
+    import json
+    from pathlib import Path
+
+    from peft_cli.run.evaluate import read_run_config
+
+    runs = sorted((Path(__file__).resolve().parents[1] / "results" / "runs").glob("*/*/*/*/seed*"))
+    if not runs:
+        pytest.skip("no committed runs")
+    for run in runs[:: max(1, len(runs) // 12)]:  # a dozen spread over methods and tasks
+        cfg = read_run_config(run)
+        assert "group_by_length" not in (run / "config.yaml").read_text()
+        assert cfg.train.group_by_length is False and cfg.train.grad_accum == 1 and cfg.train.eval_every == 0
+        assert config_hash(cfg) == json.loads((run / "result.json").read_text())["config_hash"], run
