@@ -176,7 +176,7 @@ def logits_of(resident: Resident, staged: Staged, examples: list[Example], token
     model = resident.use(staged)
     out = []
     with torch.inference_mode():
-        for batch in enc.loader(cfg.train.eval_batch_size):
+        for batch in enc.loader(cfg.train.eval_batch):
             batch.pop("labels")
             out.append(model(**to_device(batch, resident.device)).logits.float().cpu())
     return torch.cat(out)
