@@ -84,6 +84,11 @@ def command(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             _err("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `peftx list keys | head`: the reader stopped reading; say nothing more
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a command killed by it
         except Interrupted as e:
             _err(f"run cancelled: {e}")
             raise typer.Exit(130 if e.signum == signal.SIGINT else 1) from None

@@ -134,3 +134,18 @@ def test_help_examples_of_eval_and_export_take_a_run_folder(cli, tiny_glue, tmp_
             args[2] = str(tmp_path / "exported")
         r = cli(*args)
         assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("argv", [["list", "keys"], ["train", "task=rte", "--cfg"]])
+def test_output_piped_into_head_ends_quietly(argv):
+    """`peftx list keys | head -1`: the reader closes the pipe early; peftx prints no error about it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = f"{sys.executable} -m peft_cli.cli {' '.join(argv)} | head -1"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert len(out.stdout.splitlines()) == 1
+    assert out.stderr == "", out.stderr
+    assert out.returncode in (0, 141)  # 141: peftx stopped by the closed pipe, as a shell would report it
