@@ -149,7 +149,11 @@ def test_two_sweeps_at_once_train_every_run_exactly_once(tiny_glue, tmp_path):
     for f in folders:
         assert read_result(f / "result.json")["status"] == "completed"
         assert _starts(f) == 1, f"{f} was trained {_starts(f)} times"
-    assert all(p.returncode == 0 for p in procs), outs
+    # A sweep that ends while the other still trains a run it skipped reports that run unfinished
+    # (exit status = runs not completed), and says why; the other one completes everything.
+    assert any(p.returncode == 0 for p in procs), outs
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0 or "being trained by another process" in err or "running elsewhere" in err, err
 
 
 # --------------------------------------------------------------------------------------------
