@@ -29,16 +29,15 @@ class RunLog:
 class Progress:
     """What a training run shows on stderr while it trains. On a terminal, a rich bar (loss in its
     last column). Off a terminal (SLURM logs, a sweep's train.log, pipes) a bar would show up only
-    at the end, or as carriage-return soup; instead one whole line per `every` steps (step, loss,
-    examples/s, ETA) and one per validation. `enabled=False` shows nothing."""
+    at the end, or as carriage-return soup; instead one whole line per log line of the trainer
+    (step, loss, examples/s, ETA) and one per validation. `enabled=False` shows nothing."""
 
-    def __init__(self, enabled: bool, label: str, total: int, start: int, batch_size: int, every: int) -> None:
-        self.label, self.total, self.batch_size, self.every = label, total, batch_size, max(1, every)
+    def __init__(self, enabled: bool, label: str, total: int, start: int) -> None:
+        self.label, self.total = label, total
         self.plain = enabled and not sys.stderr.isatty()
         self.bar = _bar(enabled and not self.plain)
         self.task = self.bar.add_task(label, total=total, completed=start, info="")
-        self.mark = (start, time.monotonic())  # (step, time) of the last plain line: examples/s since then
-        self.origin = self.mark  # ETA from the mean rate since this process started training (steadier)
+        self.origin = (start, time.monotonic())  # ETA from the mean rate since this process started training
 
     def __enter__(self) -> "Progress":
         self.bar.__enter__()
@@ -47,29 +46,23 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         self.bar.__exit__(*exc)
 
-    def step(self, step: int, loss: float | None) -> None:
-        """After optimizer step `step` (1-based); `loss` when this step's loss was read, else None."""
-        self.bar.update(self.task, completed=step, **({"info": f"loss {loss:.4f}"} if loss is not None else {}))
-        if self.plain and loss is not None and (step % self.every == 0 or step == self.total):
-            self._line(step, loss)
+    def step(self, step: int) -> None:
+        """After optimizer step `step` (1-based)."""
+        self.bar.update(self.task, completed=step)
+
+    def logged(self, step: int, loss: float, examples_per_s: float) -> None:
+        """The trainer's log line at `step`: mean loss since the last one, training examples/s."""
+        self.bar.update(self.task, info=f"loss {loss:.4f}")
+        if self.plain:
+            steps_per_s = (step - self.origin[0]) / max(time.monotonic() - self.origin[1], 1e-9)
+            eta = (self.total - step) / steps_per_s if steps_per_s > 0 else 0.0  # validations included
+            rate = f"{examples_per_s:.1f} examples/s"
+            _say(f"{self.label}  step {step}/{self.total}  loss {loss:.4f}  {rate}  ETA {_hms(eta)}")
 
     def validation(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
         if self.plain:
             scores = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             _say(f"{self.label}  validation after epoch {epoch} (step {step}/{self.total}): {scores}")
-
-    def _line(self, step: int, loss: float) -> None:
-        now = time.monotonic()
-        rate = _rate(self.mark, step, now) * self.batch_size  # training examples/s since the last line
-        mean = _rate(self.origin, step, now)  # steps/s since the start (validations included)
-        eta = (self.total - step) / mean if mean > 0 else 0.0
-        self.mark = (step, now)
-        _say(f"{self.label}  step {step}/{self.total}  loss {loss:.4f}  {rate:.1f} examples/s  ETA {_hms(eta)}")
-
-
-def _rate(mark: tuple[int, float], step: int, now: float) -> float:
-    """Steps per second from `mark` (step, time) to (step, now)."""
-    return (step - mark[0]) / max(now - mark[1], 1e-9)
 
 
 def _say(line: str) -> None:

@@ -89,9 +89,8 @@ class Trainer:
         c = self.cfg
         label = f"{c.task.name} {c.method['name']} seed {c.seed}"
         self.reporters = open_reporters(c.train.report_to, self.folder, label, c.to_dict())
-        args = (label, self.total_steps, self.state.step, c.train.batch_size, c.train.log_every)
         try:
-            with Progress(show_progress, *args) as self.progress:
+            with Progress(show_progress, label, self.total_steps, self.state.step) as self.progress:
                 self.meter.start(self.device)
                 while self.state.epoch < self.epochs:
                     for batch in self._batches():
@@ -156,7 +155,7 @@ class Trainer:
         self.meter.examples += examples
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_n += 1
-        self.progress.step(s.step, None)
+        self.progress.step(s.step)
         if s.step % t.log_every == 0 or s.step == self.total_steps:
             self._log_train()
         if t.eval_every and (s.step % t.eval_every == 0 or s.step == self.total_steps):
@@ -179,7 +178,7 @@ class Trainer:
         self.log.write(step=s.step, epoch=s.epoch, loss=loss, lr=lr, examples_per_s=round(rate, 2))
         for r in self.reporters:
             r.scalars(s.step, {"loss": loss, "lr": lr, "grad_norm": norm, "examples_per_s": rate})
-        self.progress.step(s.step, loss)
+        self.progress.logged(s.step, loss, rate)
 
     def _end_epoch(self) -> None:
         if not self.cfg.train.eval_every:
