@@ -25,7 +25,7 @@ from peft_cli.data.glue import Example
 from peft_cli.data.inputs import read_examples, read_source, text_columns
 from peft_cli.models import load_tokenizer
 from peft_cli.run.evaluate import read_run_config
-from peft_cli.run.resident import Resident, Staged
+from peft_cli.run.resident import Resident, Staged, check_same_model
 
 if TYPE_CHECKING:
     import torch
@@ -94,11 +94,7 @@ def _configs(runs: list[Path], overrides: dict[str, Any] | None) -> list[RunConf
 
 def _resident(runs: list[Path], cfgs: list[RunConfig]) -> tuple[Resident, list[Staged]]:
     for run, cfg in zip(runs, cfgs, strict=True):  # before loading anything
-        if cfg.model != cfgs[0].model:
-            raise UserError(
-                f"{run} was trained on model '{cfg.model.name}', {runs[0]} on '{cfgs[0].model.name}': "
-                "runs predicted together share one base model (predict them separately)"
-            )
+        check_same_model(run, cfg, cfgs[0])
     resident = Resident(cfgs[0])
     return resident, [resident.stage(r, c) for r, c in zip(runs, cfgs, strict=True)]
 

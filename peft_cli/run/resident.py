@@ -62,11 +62,7 @@ class Resident:
     def stage(self, run: Path, cfg: RunConfig | None = None) -> Staged:
         """Read, check and stage `run` (its artifact and head) on the resident model."""
         cfg = cfg or read_run_config(run)
-        if cfg.model != self.cfg.model:
-            raise UserError(
-                f"{run} was trained on model '{cfg.model.name}', the others on '{self.cfg.model.name}': "
-                "runs that share one resident model must share its base model (predict them separately)"
-            )
+        check_same_model(run, cfg, self.cfg)
         tensors, meta = load_tensors(run / "artifact.safetensors")
         if meta.get("model_fingerprint") != self.fingerprint:
             raise UserError(
@@ -89,9 +85,7 @@ class Resident:
         current = self.active
         if current is staged:
             return self.model
-        if current is not None and (
-            current.switch.footprint is None or current.switch.footprint != staged.switch.footprint
-        ):
+        if current is not None and not _overwrites(staged.switch, current.switch):
             current.switch.restore()
         staged.switch.apply()
         self.shared.writing = True
@@ -142,6 +136,15 @@ class Resident:
                         raise UserError(f"{run}: head tensor '{name}.{pname}' has shape {tuple(t.shape)}")
                     p.copy_(t)
         return head
+
+
+def check_same_model(run: Path, cfg: RunConfig, base: RunConfig) -> None:
+    """UserError unless `run` (config `cfg`) was trained on the base model of config `base`."""
+    if cfg.model != base.model:
+        raise UserError(
+            f"{run} was trained on model '{cfg.model.name}', not '{base.model.name}': "
+            "runs predicted together share one base model (predict them separately)"
+        )
 
 
 def _overwrites(new: Switch, old: Switch) -> bool:
