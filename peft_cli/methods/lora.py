@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.errors import UserError
 from peft_cli.methods.base import Method, load_backbone, slug, stored_backbone
-from peft_cli.methods.resident import Shared, Switch
+from peft_cli.methods.resident import Shared, Switch, copy_params
 
 if TYPE_CHECKING:
     import torch
@@ -181,10 +181,7 @@ class Merge(Switch):
                 w.data += (b @ a) * self.scaling  # (out, r) @ (r, in): peft's get_delta_weight, then its merge
 
     def restore(self) -> None:
-        import torch
-
-        with torch.no_grad():
-            torch._foreach_copy_([w.data for w in self.weights], self.originals)
+        copy_params(self.weights, self.originals)
 
     @property
     def nbytes(self) -> int:

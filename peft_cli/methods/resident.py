@@ -62,10 +62,14 @@ class Shared:
     def original(self, name: str) -> "torch.Tensor":
         """The pre-trained value of parameter `name`, copied once for all runs that write it."""
         if name not in self._originals:
-            if self.writing:
-                raise RuntimeError("staging reads base values but a run is applied (restore first)")
+            self.check_base()
             self._originals[name] = self.params[name].detach().clone()
         return self._originals[name]
+
+    def check_base(self) -> None:
+        """Staging reads pre-trained values: refuse while a run's values are applied."""
+        if self.writing:
+            raise RuntimeError("staging reads base values but a run is applied (restore first)")
 
     def once(self, key: str, make: Callable[[], Any]) -> Any:
         """`make()` the first time `key` is asked for, the same object afterwards (e.g. a mask)."""
@@ -115,10 +119,10 @@ class WriteTensors(Switch):
         self.footprint = "write:" + hashlib.sha256("\n".join(sorted(tensors)).encode()).hexdigest()[:16]
 
     def apply(self) -> None:
-        _copy(self.params, self.values)
+        copy_params(self.params, self.values)
 
     def restore(self) -> None:
-        _copy(self.params, self.originals)
+        copy_params(self.params, self.originals)
 
     @property
     def nbytes(self) -> int:
@@ -153,7 +157,8 @@ def _flatten(model: "nn.Module") -> tuple["torch.Tensor | None", dict[str, int]]
     return flat, offsets
 
 
-def _copy(dst: list["nn.Parameter"], src: list["torch.Tensor"]) -> None:
+def copy_params(dst: list["nn.Parameter"], src: list["torch.Tensor"]) -> None:
+    """Copy each `src` tensor into the parameter beside it, in place, in one call."""
     import torch
 
     with torch.no_grad():

@@ -28,8 +28,7 @@ class MaskOn:
     masked tensor into its flat view (fallback), in mask order, and the pre-trained values there."""
 
     def __init__(self, shared: Shared, indices: dict[str, "Tensor"], digest: str) -> None:
-        if shared.writing:
-            raise RuntimeError("staging reads base values but a run is applied (restore first)")
+        shared.check_base()
         found = lookup(shared.model, indices)
         self.k = sum(i.numel() for _, i in found.values())
         self.digest = digest
