@@ -248,7 +248,7 @@ def test_hiwi_under_bf16_scores_what_it_stores(tiny_glue, tmp_path, cli):
     """The run's predictions are those of base + stored tensors, under the run's own precision."""
     import torch
 
-    from peft_cli.core.runtime import use_bf16
+    from peft_cli.core.runtime import amp_dtype
     from peft_cli.run.evaluate import restore
     from peft_cli.run.scoring import predict
 
@@ -262,7 +262,7 @@ def test_hiwi_under_bf16_scores_what_it_stores(tiny_glue, tmp_path, cli):
     assert cli("train", *args).exit_code == 0
     folder = run_folder(compose(args))
     r = restore(folder)
-    assert use_bf16(r.cfg.train, r.device)
+    assert amp_dtype(r.cfg.train, r.device) == torch.bfloat16
     preds = predict(r.model, r.assembled.data.tests[0], r.cfg.train.eval_batch, r.device, torch.bfloat16)
     stored = [float(row["prediction"]) for row in csv.DictReader(open(folder / "predictions.tsv"), delimiter="\t")]
     assert preds == stored

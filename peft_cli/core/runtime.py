@@ -47,13 +47,6 @@ def amp_dtype(cfg: TrainConfig, device: "torch.device") -> "torch.dtype | None":
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
 
 
-def use_bf16(cfg: TrainConfig, device: "torch.device") -> bool:
-    """Whether the run computes under bf16 autocast."""
-    import torch
-
-    return amp_dtype(cfg, device) == torch.bfloat16
-
-
 def autocast(device: "torch.device", amp: "torch.dtype | None") -> contextlib.AbstractContextManager[Any]:
     """Autocast to `amp` on `device`, or a no-op context when `amp` is None."""
     import torch
@@ -77,3 +70,11 @@ def device_name(device: "torch.device") -> str:
 def to_device(batch: dict[str, "torch.Tensor"], device: "torch.device") -> dict[str, "torch.Tensor"]:
     """Every tensor of a batch on `device` (non-blocking where the source is pinned)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def synchronize(device: "torch.device") -> None:
+    """Wait for the device's queued work (for timing, at boundaries: never on the step path)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

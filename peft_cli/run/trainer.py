@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from peft_cli.core.config import RunConfig
 from peft_cli.core.errors import Interrupted
-from peft_cli.core.runtime import amp_dtype, autocast, to_device
+from peft_cli.core.runtime import amp_dtype, autocast, synchronize, to_device
 from peft_cli.data.batching import epoch_batches, split_micro
 from peft_cli.methods.base import default_decays, freeze_backbone
 from peft_cli.run import checkpoint
@@ -252,12 +252,12 @@ class Meter:
         self._mark = (0, 0.0)  # (examples, seconds) at the last interval() read
 
     def start(self, device: "torch.device") -> None:
-        _sync(device)
+        synchronize(device)
         self._since = time.perf_counter()
 
     def pause(self, device: "torch.device") -> None:
         if self._since is not None:
-            _sync(device)
+            synchronize(device)
             self.seconds += time.perf_counter() - self._since
             self._since = None
 
@@ -274,11 +274,3 @@ class Meter:
     def rate(self) -> float:
         """Examples/s over the whole of this process's training."""
         return self.examples / self.seconds if self.seconds > 0 else 0.0
-
-
-def _sync(device: "torch.device") -> None:
-    """Wait for the device's queued work (timing only: at validation boundaries, not per step)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -86,19 +86,12 @@ def estimate_seconds(w: Workload, timing: Timing) -> float:
 # measuring here
 
 
-def _sync(device: "torch.device") -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(cfg: RunConfig) -> Timing:
     """Time WARMUP + STEPS training steps and one evaluation pass of EVAL_ROWS examples of `cfg`'s
     model and method on its own task's data, in a throwaway results folder."""
     import torch
 
-    from peft_cli.core.runtime import resolve_device, seed_everything
+    from peft_cli.core.runtime import resolve_device, seed_everything, synchronize
     from peft_cli.run.assemble import assemble
     from peft_cli.run.log import RunLog
     from peft_cli.run.scoring import predict
@@ -120,12 +113,12 @@ def measure(cfg: RunConfig) -> Timing:
         t.model.train()
         for b in batches[:WARMUP]:
             t._step(b)
-        _sync(device)
+        synchronize(device)
         t0, tokens = time.perf_counter(), 0
         for b in batches[WARMUP:]:
             t._step(b)
             tokens += sum(m["input_ids"].numel() for m in b)
-        _sync(device)
+        synchronize(device)
         train_rate = tokens / (time.perf_counter() - t0)
         val = a.data.validation.subset(EVAL_ROWS)
         t0 = time.perf_counter()
