@@ -358,9 +358,13 @@ class SparseValues(nn.Module):
         self._pending_bytes.pop(key, None)
         if not members:
             return
-        try:
-            grads = _grouped_grads(members, self)
-        except (RuntimeError, NotImplementedError):  # no sampled_addmm on this device: member by member
+        dev, grads = members[0][1].device.type, None
+        if dev not in _SDDMM_BROKEN:  # a group flushed after another failed in this backward: gather at once
+            try:
+                grads = _grouped_grads(members, self)
+            except (RuntimeError, NotImplementedError) as e:  # out of memory: raised; no kernel: said once
+                _fall_back(dev, e)
+        if grads is None:  # member by member, through the gather
             grads = [_selected_grad(g2, x2, self.buf(s, "crow"), self.buf(s, "col")) for s, g2, x2 in members]
         with torch.no_grad():
             for (slot, _, _), g in zip(members, grads, strict=True):
