@@ -342,7 +342,7 @@ def test_grouped_weight_grads_equal_per_tensor_and_launch_less(budget, monkeypat
     monkeypatch.setitem(S.GROUP_BYTES, "cpu", budget)
     grads = {}
     for grouped in (False, True):
-        monkeypatch.setattr(S, "GROUPED", grouped)
+        monkeypatch.setattr(S, "GROUPED_DEVICES", {"cpu"} if grouped else set())
         model, ref, idx, sv = _setup("bert")
         calls[0] = 0
         for s in range(2):  # two backwards into the same .grad: accumulation across steps

@@ -9,7 +9,8 @@ leaf ATen operator of a step (an aten:: event with no aten:: child) is about one
 CUDA. One step = forward + backward + AdamW step + zero_grad on a random-init roberta-base-sized
 classifier (batch 8 x 128), after one warm-up step; the count does not depend on the batch size.
 PaFi (density 0.005, globally smallest |θ|, peft_cli.methods.pafi.sparse) is counted with the
-grouped weight-gradient path (the default) and with one SDDMM per tensor (GROUPED = False).
+grouped weight-gradient path (CUDA's default, forced here on CPU) and with one SDDMM per tensor
+(CPU's default).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _setup(variant: str, tiny: bool, density: float):
                 if n.endswith(".bias"):
                     p.requires_grad_(True)
         else:
-            sparse.GROUPED = variant == "pafi"
+            sparse.GROUPED_DEVICES = {"cpu", "cuda"} if variant == "pafi" else set()
             backbone = {n: p.detach() for n, p in model.named_parameters() if not head(n)}
             attach_mask = select(backbone, MaskSpec(strategy="smallest", density=density))
             sparse.attach(model, {n: i for n, i in attach_mask.items() if i.numel()})

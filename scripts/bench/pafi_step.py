@@ -35,11 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("full", "bitfit", "pafi", "supertuning", "selopt", "lora")
+VARIANTS = ("full", "bitfit", "pafi", "pafi_grouped", "pafi_pertensor", "supertuning", "selopt", "lora")
 LABEL = {
     "full": "full fine-tuning",
     "bitfit": "BitFit (biases + head)",
-    "pafi": "peftx PaFi (sparse.attach)",
+    "pafi": "peftx PaFi (sparse.attach, this device's default)",
+    "pafi_grouped": "peftx PaFi, grouped SDDMMs (CUDA's default)",
+    "pafi_pertensor": "peftx PaFi, one SDDMM per tensor (CPU's default)",
     "supertuning": "peft Super-Tuning (bottom, 0.995, encoder Linear)",
     "selopt": "selective-optimizers 0.4 pafi",
     "lora": "peft LoRA r=8 query/value",
@@ -92,8 +94,12 @@ def _child(args) -> dict:
                 p.requires_grad_(True)
                 chosen[n] = torch.arange(p.numel())
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **opt_kw)
-    elif v == "pafi":
+    elif v.startswith("pafi"):
+        from peft_cli.methods.pafi import sparse
         from peft_cli.methods.pafi.sparse import attach
+
+        forced = {"pafi_grouped": {"cpu", "cuda"}, "pafi_pertensor": set()}
+        sparse.GROUPED_DEVICES = forced.get(v, sparse.GROUPED_DEVICES)  # this child process only
 
         mask = torch.load(args.mask)
         freeze_all()
@@ -175,7 +181,7 @@ def _child(args) -> dict:
     # --- changed entries outside the chosen set (after the peak was read) ---
     if args.no_check:
         return out
-    if v == "pafi":
+    if v.startswith("pafi"):
         model.pafi_values.detach(model)
     if v == "supertuning":  # effective weights by hand: peft's merge_and_unload trips over modules_to_save here
         base = model.get_base_model()

@@ -24,13 +24,13 @@ How v reaches the forward, and why (three paths, picked per masked tensor at att
   0.7 ms vs 25 ms). Net, a PaFi step costs about a BitFit step (+~4% CPU, same process
   A/B on roberta-base). Devices whose sampled_addmm fails fall back to a chunked gather
   (memory ~ chunk x N). Selected grads are accumulated in fp32 (bf16 autocast included).
-  Grouped (GROUPED, the default): the backward does not compute g_e itself but hands (gout, x)
+  Grouped (on the devices in GROUPED_DEVICES: CUDA): the backward does not compute g_e itself but hands (gout, x)
   to `SparseValues._defer`; Linears that saw the same N tokens are computed together in ONE
   sampled_addmm over a block-diagonal stacking of their patterns (`_grouped_grads`), when the
   staged operands reach GROUP_BYTES or when autograd finishes the backward (an engine callback);
   the result is written into v.grad. Same dot products, far fewer launches (a GPU step was bound
   by per-tensor launches). Consequence: `torch.autograd.grad(loss, values)` sees no grad for
-  Linear values; use `.backward()` (as training does) or set GROUPED = False.
+  Linear values; use `.backward()` (as training does) or take the device out of GROUPED_DEVICES.
   Memory: x of every masked Linear is saved for backward (BitFit saves none; full FT and
   Super-Tuning do too): ~0.25 GB over BitFit for roberta-base at 8x128 tokens.
 * `nn.Embedding.weight`: `_SparseEmbedding`'s backward expands each token into the selected
@@ -67,7 +67,12 @@ from peft_cli.core.errors import UserError
 ATTR = "pafi_values"  # submodule name under the model
 _STATE = "_pafi"  # per owning module: a plain _ModuleState (not a Module: no state_dict entry)
 _GATHER_CHUNK = 1 << 22  # fallback SDDMM: max elements of one (chunk, N) gathered block
-GROUPED = True  # defer Linear weight grads and compute them in groups (one SDDMM per group); False: one per tensor
+# Device types whose Linear weight grads are deferred and computed in groups (one SDDMM per group);
+# elsewhere one SDDMM per tensor. CUDA only: a GPU step was bound by per-tensor launches, while on
+# CPU a call costs microseconds and grouping only adds its staging copy and the gradients it holds
+# (roberta-base, 8 x 128, CPU: +170 MB peak RSS and +7% CPU time against one SDDMM per tensor;
+# scripts/bench/pafi_step.py --variants pafi pafi_grouped).
+GROUPED_DEVICES: set[str] = {"cuda"}
 # bytes of fp32 operands one grouped SDDMM may stage ((out + in) x N per tensor): bounds the
 # memory that deferral adds; GPUs have room for more tensors per call (fewer launches)
 GROUP_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
@@ -221,7 +226,7 @@ class _SparseLinear(torch.autograd.Function):
                 gx = gout @ ctx.weight.to(gout.dtype)  # (..., in), dense like BitFit's
             if ctx.needs_input_grad[1]:
                 x2 = x.reshape(-1, x.shape[-1])
-                if GROUPED and g2.device.type not in _SDDMM_BROKEN:
+                if g2.device.type in GROUPED_DEVICES and g2.device.type not in _SDDMM_BROKEN:
                     ctx.sv._defer(ctx.slot, g2, x2)  # v's grad is written when its group is computed
                 else:
                     gv = _selected_grad(g2, x2, crow, col)  # (k,) fp32; autograd casts to v's dtype
