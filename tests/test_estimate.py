@@ -68,7 +68,11 @@ def test_estimate_measures_once_per_setting_and_sums_by_task(tiny_glue, tmp_path
     assert e.total_s == pytest.approx(sum(s for _, s in e.per_run))
     assert all(s > 5.0 for _, s in e.per_run)
     lines = render(e, "cpu", workers=2)
-    assert any("total" in x and "8 runs" in x for x in lines) and any("2 workers" in x for x in lines)
+    assert any("total" in x and "8 runs" in x for x in lines)
+    hours = f"{e.total_s / 3600:.2f} h wall"  # CPU workers split the cores: no faster together
+    assert any("2 workers" in x and hours in x for x in lines)
+    gpus = render(e, "cuda (NVIDIA H100)", workers=2)
+    assert any("2 workers" in x and f"{e.total_s / 7200:.2f} h wall" in x for x in gpus)
 
 
 def test_sweep_dry_run_estimate_prints_hours(tiny_glue, tmp_path, cli):

@@ -228,6 +228,10 @@ def render(e: Estimate, device: str, workers: int) -> list[str]:
         lines.append(f"  {task:<6} {n:>4} runs  {sec / 3600:8.2f} h")
     total = e.total_s / 3600
     lines.append(f"  total  {len(e.per_run):>4} runs  {total:8.2f} h of this device")
-    if workers > 1:
+    if workers > 1 and device.startswith("cpu"):
+        # CPU workers split the cores the timing above used: together they go no faster than it did
+        # (measured: cpu_minilm_grid's search stage, 2 workers on 2 cores, took 1.4x this figure)
+        lines.append(f"  with {workers} workers at once: about {total:.2f} h wall (they split this machine's cores)")
+    elif workers > 1:
         lines.append(f"  with {workers} workers at once: about {total / workers:.2f} h wall (if they share nothing)")
     return lines
