@@ -474,3 +474,13 @@ def test_committed_runs_are_where_their_sweep_looks():
     committed = {folder for folder, _ in iter_results(COMMITTED, "cpu_minilm/*/*/*/*")}
     assert {r.folder for r in runs} == committed and len(committed) == 135
     assert {r.status for r in runs} == {"completed"}, [(r.folder, r.status) for r in runs if r.status != "completed"]
+
+
+def test_committed_grid_runs_complete_both_stages(cli, shared_glue):
+    """The committed cpu_minilm_grid runs are every run of both stages: the search runs and the
+    final seeds at the settings selected from them, so `peftx sweep` over them would train nothing."""
+    if not (COMMITTED / "runs" / "cpu_minilm_grid").is_dir():
+        pytest.skip("no committed cpu_minilm_grid runs")
+    r = cli("sweep", "--dry-run", "sweep=cpu_minilm_grid", f"results.dir={COMMITTED}", f"data.glue_dir={shared_glue}")
+    assert r.exit_code == 0, r.output
+    assert "270 runs; 270 completed, 0 failed, 0 pending" in " ".join(r.output.split()), r.output[-2000:]

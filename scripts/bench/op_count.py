@@ -9,8 +9,7 @@ leaf ATen operator of a step (an aten:: event with no aten:: child) is about one
 CUDA. One step = forward + backward + AdamW step + zero_grad on a random-init roberta-base-sized
 classifier (batch 8 x 128), after one warm-up step; the count does not depend on the batch size.
 PaFi (density 0.005, globally smallest |θ|, peft_cli.methods.pafi.sparse) is counted with the
-grouped weight-gradient path (CUDA's default, forced here on CPU) and with one SDDMM per tensor
-(CPU's default).
+grouped weight-gradient path (the default) and with one SDDMM per tensor (GROUPED_DEVICES empty).
 """
 
 from __future__ import annotations

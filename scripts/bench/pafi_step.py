@@ -39,9 +39,9 @@ VARIANTS = ("full", "bitfit", "pafi", "pafi_grouped", "pafi_pertensor", "supertu
 LABEL = {
     "full": "full fine-tuning",
     "bitfit": "BitFit (biases + head)",
-    "pafi": "peftx PaFi (sparse.attach, this device's default)",
-    "pafi_grouped": "peftx PaFi, grouped SDDMMs (CUDA's default)",
-    "pafi_pertensor": "peftx PaFi, one SDDMM per tensor (CPU's default)",
+    "pafi": "peftx PaFi (sparse.attach: grouped SDDMMs)",
+    "pafi_grouped": "peftx PaFi, grouped SDDMMs (forced)",
+    "pafi_pertensor": "peftx PaFi, one SDDMM per tensor (forced)",
     "supertuning": "peft Super-Tuning (bottom, 0.995, encoder Linear)",
     "selopt": "selective-optimizers 0.4 pafi",
     "lora": "peft LoRA r=8 query/value",

@@ -24,13 +24,14 @@ How v reaches the forward, and why (three paths, picked per masked tensor at att
   0.7 ms vs 25 ms). Net, a PaFi step costs about a BitFit step (+~4% CPU, same process
   A/B on roberta-base). Devices whose sampled_addmm fails fall back to a chunked gather
   (memory ~ chunk x N). Selected grads are accumulated in fp32 (bf16 autocast included).
-  Grouped (on the devices in GROUPED_DEVICES: CUDA): the backward does not compute g_e itself but hands (gout, x)
-  to `SparseValues._defer`; Linears that saw the same N tokens are computed together in ONE
-  sampled_addmm over a block-diagonal stacking of their patterns (`_grouped_grads`), when the
-  staged operands reach GROUP_BYTES or when autograd finishes the backward (an engine callback);
-  the result is written into v.grad. Same dot products, far fewer launches (a GPU step was bound
-  by per-tensor launches). Consequence: `torch.autograd.grad(loss, values)` sees no grad for
-  Linear values; use `.backward()` (as training does) or take the device out of GROUPED_DEVICES.
+  Grouped (on the devices in GROUPED_DEVICES: CPU and CUDA by default): the backward does not
+  compute g_e itself but hands (gout, x) to `SparseValues._defer`; Linears that saw the same N
+  tokens are computed together in ONE sampled_addmm over a block-diagonal stacking of their
+  patterns (`_grouped_grads`), when the staged operands reach GROUP_BYTES or when autograd
+  finishes the backward (an engine callback); the result is written into v.grad. Same dot
+  products, far fewer launches (a GPU step was bound by per-tensor launches). Consequence:
+  `torch.autograd.grad(loss, values)` sees no grad for Linear values; use `.backward()` (as
+  training does) or take the device out of GROUPED_DEVICES.
   Memory: x of every masked Linear is saved for backward (BitFit saves none; full FT and
   Super-Tuning do too): ~0.25 GB over BitFit for roberta-base at 8x128 tokens.
 * `nn.Embedding.weight`: `_SparseEmbedding`'s backward expands each token into the selected
@@ -68,11 +69,10 @@ ATTR = "pafi_values"  # submodule name under the model
 _STATE = "_pafi"  # per owning module: a plain _ModuleState (not a Module: no state_dict entry)
 _GATHER_CHUNK = 1 << 22  # fallback SDDMM: max elements of one (chunk, N) gathered block
 # Device types whose Linear weight grads are deferred and computed in groups (one SDDMM per group);
-# elsewhere one SDDMM per tensor. CUDA only: a GPU step was bound by per-tensor launches, while on
-# CPU a call costs microseconds and grouping only adds its staging copy and the gradients it holds
-# (roberta-base, 8 x 128, CPU: +170 MB peak RSS and +7% CPU time against one SDDMM per tensor;
-# scripts/bench/pafi_step.py --variants pafi pafi_grouped).
-GROUPED_DEVICES: set[str] = {"cuda"}
+# elsewhere one SDDMM per tensor. On CUDA a step was bound by per-tensor launches; on CPU the two
+# are within noise (roberta-base, 8 x 128, 2 threads, best rounds: 3.03 vs 3.26 s and 3.24 vs
+# 3.29 s per step, grouped vs per tensor, in two runs; results/bench/pafi_step_cpu*).
+GROUPED_DEVICES: set[str] = {"cpu", "cuda"}
 # bytes of fp32 operands one grouped SDDMM may stage ((out + in) x N per tensor): bounds the
 # memory that deferral adds; GPUs have room for more tensors per call (fewer launches)
 GROUP_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
