@@ -104,7 +104,8 @@ def test_a_saved_config_from_before_a_key_existed_keeps_its_hash():
 
     from peft_cli.run.evaluate import read_run_config
 
-    runs = sorted((Path(__file__).resolve().parents[1] / "results" / "runs").glob("*/*/*/*/seed*"))
+    committed = Path(__file__).resolve().parents[1] / "results" / "runs"
+    runs = sorted(committed.glob("cpu_minilm/*/*/*/seed*"))  # the first reproduction: before those keys
     if not runs:
         pytest.skip("no committed runs")
     for run in runs[:: max(1, len(runs) // 12)]:  # a dozen spread over methods and tasks
@@ -112,3 +113,6 @@ def test_a_saved_config_from_before_a_key_existed_keeps_its_hash():
         assert "group_by_length" not in (run / "config.yaml").read_text()
         assert cfg.train.group_by_length is False and cfg.train.grad_accum == 1 and cfg.train.eval_every == 0
         assert config_hash(cfg) == json.loads((run / "result.json").read_text())["config_hash"], run
+    newer = sorted(committed.glob("cpu_minilm_grid/*/*/*/seed*"))  # saved with every key: hashes as recorded
+    for run in newer[:: max(1, len(newer) // 12)]:
+        assert config_hash(read_run_config(run)) == json.loads((run / "result.json").read_text())["config_hash"], run
