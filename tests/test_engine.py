@@ -95,7 +95,8 @@ def test_grad_accum_2x16_matches_1x32(tiny_glue, tmp_path, method):
         t = _trainer(tiny_glue, tmp_path / str(accum), method=method, **keys)
         t.model.train()
         enc = t.a.data.train
-        loss = t._step(enc.collate_micro(split(rows, accum)))
+        loss, examples = t._step(enc.collate_micro(split(rows, accum)))
+        assert examples == 32
         after.append((float(loss), {n: p.detach().clone() for n, p in t.params.items()}))
     (loss1, p1), (loss2, p2) = after
     assert loss2 == pytest.approx(loss1, rel=1e-5)

@@ -96,8 +96,8 @@ class Trainer:
                     for batch in self._batches():
                         if self.state.step >= self.total_steps:  # max_steps reached mid-epoch (or resumed there)
                             break
-                        loss = self._step(batch)
-                        self._after_step(loss, sum(len(m["labels"]) for m in batch), stop)
+                        loss, examples = self._step(batch)
+                        self._after_step(loss, examples, stop)
                     self._end_epoch()
                 self.meter.pause(self.device)
         finally:
@@ -121,8 +121,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             return iter(loader)
 
-    def _step(self, micro: list[dict[str, "torch.Tensor"]]) -> "torch.Tensor":
-        """One optimizer step over a batch given as micro-batches; returns the batch's mean loss, on the device."""
+    def _step(self, micro: list[dict[str, "torch.Tensor"]]) -> tuple["torch.Tensor", int]:
+        """One optimizer step over a batch given as micro-batches; returns the batch's mean loss (on
+        the device) and its number of examples."""
         import torch
 
         n = sum(len(m["labels"]) for m in micro)
@@ -146,7 +147,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total
+        return total, n
 
     def _after_step(self, loss: "torch.Tensor", examples: int, stop: threading.Event) -> None:
         s, t = self.state, self.cfg.train
