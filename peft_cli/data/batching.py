@@ -34,15 +34,14 @@ def epoch_batches(
     gen = epoch_generator(seed, epoch)
     order = torch.randperm(len(lengths), generator=gen)
     if not group_by_length:
-        rows = order.tolist()
-        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        return chunks(order.tolist(), batch_size)
     mega = batch_size * MEGA
     batches: list[list[int]] = []
     for s in range(0, len(order), mega):
         chunk = order[s : s + mega]
         # stable sort: equal lengths keep the shuffled order, so ties are random yet deterministic
         chunk = chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices].tolist()
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        batches += chunks(chunk, batch_size)
     perm = torch.randperm(len(batches), generator=gen).tolist()
     return [batches[i] for i in perm]
 
@@ -52,3 +51,20 @@ def split_micro(rows: list[int], micro: int) -> list[list[int]]:
     n = len(rows)
     bounds = [round(i * n / micro) for i in range(micro + 1)]
     return [rows[bounds[i] : bounds[i + 1]] for i in range(micro) if bounds[i + 1] > bounds[i]]
+
+
+def longest_first(lengths: "torch.Tensor") -> "torch.Tensor":
+    """Evaluation order: row indices (N,), longest first (stable), so each batch pads little."""
+    import torch
+
+    return torch.sort(lengths, descending=True, stable=True).indices
+
+
+def chunks(rows: list[int], size: int) -> list[list[int]]:
+    """`rows` cut into consecutive batches of `size` (the last may be shorter)."""
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def padded_tokens(lengths: "torch.Tensor", batches: list[list[int]]) -> int:
+    """Tokens the `batches` process, each padded to its longest row."""
+    return sum(len(b) * int(lengths[b].max()) for b in batches if b)

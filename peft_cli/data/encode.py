@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from peft_cli.data.batching import chunks
+
 if TYPE_CHECKING:
     import torch
     from torch.utils.data import DataLoader
@@ -68,7 +70,7 @@ class Encoded:
     def loader(self, batch_size: int, order: "torch.Tensor | None" = None, skip: int = 0) -> "DataLoader":
         """Batches over `order` (a permutation; None = file order), starting after `skip` batches."""
         rows = list(range(len(self))) if order is None else order.tolist()
-        return self.batch_loader([rows[i : i + batch_size] for i in range(0, len(rows), batch_size)][skip:])
+        return self.batch_loader(chunks(rows, batch_size)[skip:])
 
     def batch_loader(self, batches: list, micro: bool = False, pin: bool = False) -> "DataLoader":
         """Collated `batches` (lists of rows; with `micro`, lists of micro-batches' rows). `pin`:

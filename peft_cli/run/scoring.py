@@ -11,6 +11,7 @@ from peft_cli.core.config import RunConfig
 from peft_cli.core.files import write_text
 from peft_cli.core.runtime import autocast, to_device
 from peft_cli.data import metrics
+from peft_cli.data.batching import longest_first
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,7 @@ def predict(
 
     was_training = model.training
     model.eval()
-    order = torch.sort(encoded.lengths, descending=True, stable=True).indices  # (N,)
+    order = longest_first(encoded.lengths)  # (N,)
     outs = []
     with torch.inference_mode(), autocast(device, amp):
         for batch in encoded.loader(batch_size, order):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from peft_cli.core.config import RunConfig, run_config
-from peft_cli.data.batching import epoch_batches
+from peft_cli.data.batching import chunks, epoch_batches, longest_first, padded_tokens
 from peft_cli.run.identity import method_tag
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def timing_key(cfg: RunConfig) -> tuple:
 def padded_per_example(lengths: "torch.Tensor", batch_size: int, group_by_length: bool) -> float:
     """Mean padded tokens per training example: each batch is padded to its longest row."""
     batches = epoch_batches(lengths, batch_size, seed=0, epoch=0, group_by_length=group_by_length)
-    return sum(len(b) * int(lengths[b].max()) for b in batches) / max(1, len(lengths))
+    return padded_tokens(lengths, batches) / max(1, len(lengths))
 
 
 def workload(
@@ -123,10 +123,8 @@ def measure(cfg: RunConfig) -> Timing:
         val = a.data.validation.subset(EVAL_ROWS)
         t0 = time.perf_counter()
         predict(t.model, val, c.train.eval_batch, device, t.amp)
-        eval_tokens = sum(
-            int(val.lengths[o : o + c.train.eval_batch].max()) * len(val.lengths[o : o + c.train.eval_batch])
-            for o in range(0, len(val), c.train.eval_batch)
-        )  # predict pads sorted batches; this is their padded size
+        # predict pads longest-first batches; these are their tokens
+        eval_tokens = padded_tokens(val.lengths, chunks(longest_first(val.lengths).tolist(), c.train.eval_batch))
         eval_rate = eval_tokens / (time.perf_counter() - t0)
         t.log.close()
         del t, a
