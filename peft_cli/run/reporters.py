@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +62,7 @@ class WandbReporter:
     def __init__(self, folder: Path, name: str, config: dict[str, Any]) -> None:
         import wandb
 
-        os.environ["WANDB_MODE"] = "offline"  # never the network from a training job
+        # mode="offline": never the network from a training job (and no environment variable set)
         self.run = wandb.init(dir=str(folder), name=name, config=config, mode="offline", reinit=True)
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
